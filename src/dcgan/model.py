@@ -1,0 +1,251 @@
+"""The DCGAN: generator, discriminator and the adversarial `train_step`, top to bottom.
+
+Two architectures share one training loop:
+- `paper`: Radford, Metz & Chintala 2015 (arXiv 1511.06434), section 3 guidelines.
+- `tutorial`: the TensorFlow DCGAN tutorial's networks, for comparison.
+
+Use: `gan = build_gan(params.train, image_shape)`, then `gan.fit(dataset)`.
+The generator is a plain `keras.Sequential` of built-in layers, so a saved
+`generator.keras` loads anywhere with `keras.saving.load_model`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+from keras import layers, ops
+
+from dcgan.config import TrainConfig, paper_start_size
+from dcgan.errors import UserError
+
+# Paper, section 4: "All weights were initialized from a zero-centered Normal
+# distribution with standard deviation 0.02." BN's scale is centred on 1 instead.
+_W_INIT = keras.initializers.RandomNormal(0.0, 0.02)
+_GAMMA_INIT = keras.initializers.RandomNormal(1.0, 0.02)
+
+
+def _paper_depth(image_size: int) -> tuple[int, int]:
+    """(start side s, number of stride-2 layers n) with image_size = s * 2**n."""
+    start = paper_start_size(image_size)
+    if start is None:
+        raise UserError(f"image size {image_size} cannot be produced by the paper architecture")
+    return start, int(math.log2(image_size // start))
+
+
+def Generator(cfg: TrainConfig, image_shape: tuple[int, int, int]) -> keras.Sequential:
+    """The generator G: z of `latent_dim` dims -> image of `image_shape` in [-1, 1].
+
+    Raises:
+        UserError: if the architecture cannot produce `image_shape`.
+    """
+    size, _, channels = image_shape
+    if cfg.arch == "tutorial":
+        return _tutorial_generator(cfg.latent_dim, size, channels)
+    start, depth = _paper_depth(size)
+    width = cfg.g_filters * 2 ** (depth - 1)
+    model = keras.Sequential(name="generator")
+    model.add(keras.Input((cfg.latent_dim,)))
+    # The paper's "project and reshape" as a convolution: no fully connected hidden layer.
+    model.add(layers.Reshape((1, 1, cfg.latent_dim)))  # (B, 1, 1, z)
+    model.add(layers.Conv2DTranspose(width, start, use_bias=False, kernel_initializer=_W_INIT))
+    model.add(layers.BatchNormalization(gamma_initializer=_GAMMA_INIT))
+    model.add(layers.ReLU())  # (B, s, s, F * 2**(n-1))
+    for _ in range(depth - 1):
+        width //= 2
+        model.add(layers.Conv2DTranspose(
+            width, 4, strides=2, padding="same", use_bias=False, kernel_initializer=_W_INIT
+        ))
+        model.add(layers.BatchNormalization(gamma_initializer=_GAMMA_INIT))
+        model.add(layers.ReLU())  # side doubles, width halves
+    # No batch norm on G's output layer; tanh matches data scaled to [-1, 1].
+    model.add(layers.Conv2DTranspose(
+        channels, 4, strides=2, padding="same", kernel_initializer=_W_INIT
+    ))
+    model.add(layers.Activation("tanh", dtype="float32"))  # (B, H, W, C)
+    return model
+
+
+def Discriminator(cfg: TrainConfig, image_shape: tuple[int, int, int]) -> keras.Sequential:
+    """The discriminator D: image -> one real/fake logit.
+
+    Raises:
+        UserError: if the architecture cannot take `image_shape`.
+    """
+    if cfg.arch == "tutorial":
+        return _tutorial_discriminator(image_shape)
+    _, depth = _paper_depth(image_shape[0])
+    model = keras.Sequential(name="discriminator")
+    model.add(keras.Input(image_shape))
+    # No batch norm on D's input layer (paper, section 3).
+    model.add(layers.Conv2D(
+        cfg.d_filters, 4, strides=2, padding="same", kernel_initializer=_W_INIT
+    ))
+    model.add(layers.LeakyReLU(0.2))  # (B, H/2, W/2, F)
+    for i in range(1, depth):
+        model.add(layers.Conv2D(
+            cfg.d_filters * 2**i, 4, strides=2, padding="same", use_bias=False,
+            kernel_initializer=_W_INIT,
+        ))
+        model.add(layers.BatchNormalization(gamma_initializer=_GAMMA_INIT))
+        model.add(layers.LeakyReLU(0.2))  # side halves, width doubles
+    # "The last convolution layer is flattened and then fed into a single sigmoid output."
+    model.add(layers.Flatten())
+    model.add(layers.Dense(1, kernel_initializer=_W_INIT, dtype="float32"))  # (B, 1) logits
+    return model
+
+
+def _tutorial_generator(latent_dim: int, size: int, channels: int) -> keras.Sequential:
+    start = size // 4
+    return keras.Sequential([
+        keras.Input((latent_dim,)),
+        layers.Dense(start * start * 256, use_bias=False),
+        layers.BatchNormalization(),
+        layers.LeakyReLU(),
+        layers.Reshape((start, start, 256)),  # (B, s, s, 256)
+        layers.Conv2DTranspose(128, 5, strides=1, padding="same", use_bias=False),
+        layers.BatchNormalization(),
+        layers.LeakyReLU(),  # (B, s, s, 128)
+        layers.Conv2DTranspose(64, 5, strides=2, padding="same", use_bias=False),
+        layers.BatchNormalization(),
+        layers.LeakyReLU(),  # (B, 2s, 2s, 64)
+        layers.Conv2DTranspose(channels, 5, strides=2, padding="same", use_bias=False),
+        layers.Activation("tanh", dtype="float32"),  # (B, 4s, 4s, C)
+    ], name="generator")
+
+
+def _tutorial_discriminator(image_shape: tuple[int, int, int]) -> keras.Sequential:
+    return keras.Sequential([
+        keras.Input(image_shape),
+        layers.Conv2D(64, 5, strides=2, padding="same"),
+        layers.LeakyReLU(),
+        layers.Dropout(0.3),
+        layers.Conv2D(128, 5, strides=2, padding="same"),
+        layers.LeakyReLU(),
+        layers.Dropout(0.3),
+        layers.Flatten(),
+        layers.Dense(1, dtype="float32"),  # (B, 1) logits
+    ], name="discriminator")
+
+
+class DCGAN(keras.Model):
+    """A generator and a discriminator trained against each other by `fit()`.
+
+    Tracks per step: `d_loss`, `g_loss`, and `d_real` / `d_fake`, the mean of
+    D(x) and D(G(z)) as probabilities (0.5 both when D cannot tell).
+    """
+
+    def __init__(self, generator: keras.Model, discriminator: keras.Model, latent_dim: int,
+                 seed: int, **kwargs):
+        super().__init__(**kwargs)
+        self.generator = generator
+        self.discriminator = discriminator
+        self.latent_dim = latent_dim
+        # All noise comes from here, so a seed fixes every z the model draws.
+        self.noise_seed = keras.random.SeedGenerator(seed)
+        self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
+        self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
+        self.d_real_tracker = keras.metrics.Mean(name="d_real")
+        self.d_fake_tracker = keras.metrics.Mean(name="d_fake")
+
+    def compile(self, g_optimizer: keras.optimizers.Optimizer,
+                d_optimizer: keras.optimizers.Optimizer, **kwargs) -> None:
+        super().compile(**kwargs)
+        self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
+        # Build the slots now so a checkpoint restores them before the first step.
+        g_optimizer.build(self.generator.trainable_variables)
+        d_optimizer.build(self.discriminator.trainable_variables)
+        self.bce = keras.losses.BinaryCrossentropy(from_logits=True)
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        # Listed here so Keras resets them at the start of every epoch.
+        return [self.d_loss_tracker, self.g_loss_tracker, self.d_real_tracker, self.d_fake_tracker]
+
+    def call(self, z: tf.Tensor, training: bool = False) -> tf.Tensor:
+        return self.generator(z, training=training)
+
+    def sample_noise(self, n: int | tf.Tensor) -> tf.Tensor:
+        return keras.random.normal((n, self.latent_dim), seed=self.noise_seed)
+
+    def train_step(self, real: tf.Tensor) -> dict[str, tf.Tensor]:
+        batch = ops.shape(real)[0]
+        ones, zeros = ops.ones((batch, 1)), ops.zeros((batch, 1))
+
+        # 1. Update D: real images towards 1, generated ones towards 0. Real and
+        #    fake go through D in separate batches so batch norm sees one kind at a time.
+        z = self.sample_noise(batch)  # (B, latent_dim)
+        with tf.GradientTape() as tape:
+            fake = self.generator(z, training=True)  # (B, H, W, C)
+            real_logits = self.discriminator(real, training=True)  # (B, 1)
+            fake_logits = self.discriminator(fake, training=True)
+            d_loss = self.bce(ones, real_logits) + self.bce(zeros, fake_logits)
+        grads = tape.gradient(d_loss, self.discriminator.trainable_variables)
+        self.d_optimizer.apply_gradients(
+            zip(grads, self.discriminator.trainable_variables, strict=True))
+
+        # 2. Update G with fresh noise: the non-saturating loss -log D(G(z))
+        #    (Goodfellow et al. 2014, section 3) gives strong early gradients.
+        z = self.sample_noise(batch)
+        with tf.GradientTape() as tape:
+            g_logits = self.discriminator(self.generator(z, training=True), training=True)
+            g_loss = self.bce(ones, g_logits)
+        grads = tape.gradient(g_loss, self.generator.trainable_variables)
+        self.g_optimizer.apply_gradients(
+            zip(grads, self.generator.trainable_variables, strict=True))
+
+        # 3. Report.
+        self.d_loss_tracker.update_state(d_loss)
+        self.g_loss_tracker.update_state(g_loss)
+        self.d_real_tracker.update_state(ops.mean(ops.sigmoid(real_logits)))
+        self.d_fake_tracker.update_state(ops.mean(ops.sigmoid(fake_logits)))
+        return {m.name: m.result() for m in self.metrics}
+
+
+def build_gan(cfg: TrainConfig, image_shape: tuple[int, int, int]) -> DCGAN:
+    """Build and compile the DCGAN for `image_shape` with the config's Adam settings.
+
+    Call `keras.utils.set_random_seed` first: the initial weights draw from it.
+
+    Raises:
+        UserError: if the architecture cannot produce `image_shape`.
+    """
+    gan = DCGAN(Generator(cfg, image_shape), Discriminator(cfg, image_shape),
+                cfg.latent_dim, seed=cfg.seed, name="dcgan")
+    gan(ops.zeros((1, cfg.latent_dim)))  # build, so checkpoints can be restored into it
+    lr, beta1 = cfg.adam
+    gan.compile(
+        g_optimizer=keras.optimizers.Adam(lr, beta_1=beta1, name="g_adam"),
+        d_optimizer=keras.optimizers.Adam(lr, beta_1=beta1, name="d_adam"),
+    )
+    return gan
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    """Save a model as `.keras` atomically: a killed save never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")  # keeps the .keras suffix Keras requires
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def load_model(path: Path, remedy: str) -> keras.Model:
+    """Load a `.keras` model saved by this package.
+
+    Args:
+        path: the file.
+        remedy: what the user should run if it is missing or broken.
+
+    Raises:
+        UserError: if the file is missing or is not a Keras model.
+    """
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no model here; {remedy}")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except (ValueError, OSError) as err:
+        raise UserError(f"{path}: cannot be loaded as a Keras model ({err}); {remedy}") from None

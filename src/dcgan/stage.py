@@ -1,0 +1,51 @@
+"""Helpers shared by the thin entry points in stages/: argument parsing and error reporting.
+
+Each stage script does `params, args = stage_args(__doc__, "raw", ...)`, calls
+one package function, and runs under `stage_main(main)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from dcgan.config import Params, load_params
+from dcgan.errors import UserError
+
+
+def stage_args(doc: str | None, *paths: str) -> tuple[Params, argparse.Namespace]:
+    """Parse `--params` and one required `--<name> PATH` per name, then validate params.
+
+    The whole params file is validated, whichever sections the stage reads.
+
+    Returns:
+        The validated params and the parsed arguments (paths as `Path`).
+
+    Raises:
+        UserError: if params.yaml is invalid.
+    """
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--params", default="params.yaml",
+                        help="params file (default: %(default)s)")
+    for name in paths:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=Path, required=True)
+    args = parser.parse_args()
+    return load_params(args.params), args
+
+
+def stage_main(main: Callable[[], None]) -> None:
+    """Run a stage's `main()`, reporting a `UserError` as one line and exit status 2.
+
+    Raises:
+        SystemExit: 2 on a `UserError`, 130 on Ctrl-C.
+    """
+    try:
+        main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -1,0 +1,185 @@
+"""Training: seeds, the input pipeline, callbacks and `fit()`, tracked in MLflow.
+
+The train stage calls `train()`. Per epoch it writes a fixed-noise sample
+grid, a row of history.csv (G and D loss, D(x), D(G(z)), images per second)
+and a checkpoint from which an interrupted run resumes at the next epoch.
+At the end it writes a GIF of the grids and saves G and D as `.keras` files.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dcgan import tracking
+from dcgan.config import Params, TrainConfig, flatten
+from dcgan.data import file_md5, load_processed
+from dcgan.errors import UserError
+from dcgan.model import DCGAN, build_gan, save_model
+from dcgan.sampling import image_grid, make_gif, save_image
+
+GRID_ROWS = 8  # the per-epoch grid shows GRID_ROWS x GRID_ROWS samples
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    """Where train writes; dvc.yaml passes each path once."""
+
+    generator: Path
+    discriminator: Path
+    history: Path
+    grids: Path
+    gif: Path
+    run_file: Path
+    checkpoints: Path
+
+
+class Throughput(keras.callbacks.Callback):
+    """Add `images_per_sec` (training images over the epoch's wall time) to the logs."""
+
+    def __init__(self, images_per_epoch: int):
+        super().__init__()
+        self.images_per_epoch = images_per_epoch
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs["images_per_sec"] = self.images_per_epoch / (time.perf_counter() - self.start)
+
+
+class HistoryCSV(keras.callbacks.Callback):
+    """Append one row per epoch (1-based) of the logged metrics to a CSV file.
+
+    Keras' CSVLogger would add empty `val_*` columns for every metric here,
+    since a GAN has no validation data.
+    """
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in sorted((logs or {}).items())}}
+        # The first epoch starts the file afresh; later ones (also after a resume) append.
+        new = epoch == 0 or not self.path.exists()
+        with open(self.path, "w" if new else "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+class EpochGrid(keras.callbacks.Callback):
+    """Save a grid of G's samples from one fixed noise batch after every epoch."""
+
+    def __init__(self, noise: np.ndarray, grid_dir: Path):
+        super().__init__()
+        self.noise, self.grid_dir = noise, grid_dir
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        images = self.model.generator(self.noise, training=False)
+        path = self.grid_dir / f"epoch_{epoch + 1:04d}.png"
+        save_image(image_grid(np.asarray(images), GRID_ROWS), path)
+
+
+def seed_everything(seed: int, precision: str) -> None:
+    """Seed Python, NumPy and TF, make TF ops deterministic, and set the dtype policy."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_dtype_policy(precision)
+
+
+def input_pipeline(images: np.ndarray, cfg: TrainConfig) -> tf.data.Dataset:
+    """Shuffled full batches; the shuffle is seeded so the data order is fixed by `cfg.seed`.
+
+    Raises:
+        UserError: if there are fewer images than one batch.
+    """
+    if len(images) < cfg.batch_size:
+        raise UserError(
+            f"train.batch_size = {cfg.batch_size} exceeds the {len(images)} training images; "
+            "lower train.batch_size or use more data"
+        )
+    return (
+        tf.data.Dataset.from_tensor_slices(images)
+        .shuffle(len(images), seed=cfg.seed, reshuffle_each_iteration=True)
+        # Full batches only: a tiny last batch would skew batch-norm statistics.
+        .batch(cfg.batch_size, drop_remainder=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def checkpoint_dir(root: Path, cfg: TrainConfig, data_md5: str) -> Path:
+    """A checkpoint directory keyed by what shapes training, so changed params never resume
+    from a stale checkpoint."""
+    key = json.dumps({"train": cfg.model_dump(), "data": data_md5}, sort_keys=True)
+    return root / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _callbacks(gan: DCGAN, cfg: TrainConfig, out: TrainOutputs, ckpt: Path,
+               images_per_epoch: int) -> list[keras.callbacks.Callback]:
+    noise = np.random.default_rng(cfg.seed).standard_normal((GRID_ROWS**2, cfg.latent_dim))
+    out.history.parent.mkdir(parents=True, exist_ok=True)
+    # Order matters: the first two add to `logs`, the last three read it.
+    return [
+        Throughput(images_per_epoch),
+        EpochGrid(noise.astype(np.float32), out.grids),
+        keras.callbacks.BackupAndRestore(str(ckpt)),
+        HistoryCSV(out.history),
+        tracking.EpochLogger(out.grids),
+    ]
+
+
+def train(params: Params, data_file: Path, out: TrainOutputs) -> dict:
+    """Train the DCGAN on the processed data and write every train output.
+
+    Args:
+        params: the whole validated params (all of it is logged to MLflow).
+        data_file: the preprocess stage's npz.
+        out: output paths.
+
+    Returns:
+        The last epoch's logs and the MLflow run id.
+
+    Raises:
+        UserError: on data that the config cannot train on.
+    """
+    cfg = params.train
+    data = load_processed(data_file)
+    data_md5 = file_md5(data_file)
+    # 1. Seeds first: the initial weights and the noise draw from them.
+    seed_everything(cfg.seed, cfg.precision)
+    dataset = input_pipeline(data.train_x, cfg)
+    gan = build_gan(cfg, data.image_shape)
+    images_per_epoch = (len(data.train_x) // cfg.batch_size) * cfg.batch_size
+    callbacks = _callbacks(gan, cfg, out, checkpoint_dir(out.checkpoints, cfg, data_md5),
+                           images_per_epoch)
+    tags = {"dataset": params.fetch.dataset, "data_md5": data_md5, "arch": cfg.arch}
+    run_name = f"{cfg.arch}-{params.fetch.dataset}-{params.preprocess.image_size}px"
+    # 2. Train inside the MLflow run; it is marked FAILED if anything raises.
+    # The run's params are those that shape the model; generate and evaluate, which
+    # may rerun on the same model with new params, record theirs as tags.
+    logged = flatten(params, ("fetch", "preprocess", "train"))
+    with tracking.start_run(out.run_file, logged, tags, run_name) as run_id:
+        # Keras' live progress bar on a terminal, one line per epoch in logs.
+        verbose = 1 if sys.stdout.isatty() else 2
+        history = gan.fit(dataset, epochs=cfg.epochs, callbacks=callbacks, shuffle=False,
+                          verbose=verbose)
+        # 3. Outputs: GIF of the epoch grids, then the two networks.
+        make_gif(sorted(out.grids.glob("epoch_*.png")), out.gif)
+        save_model(gan.generator, out.generator)
+        save_model(gan.discriminator, out.discriminator)
+        tracking.log_artifacts([out.history, out.gif, out.discriminator], "train")
+        tracking.log_generator(gan.generator)
+    last = {k: float(v[-1]) for k, v in history.history.items()}
+    return {"run_id": run_id, **last}

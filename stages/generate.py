@@ -1,0 +1,22 @@
+"""Stage generate: sample the trained generator into an array, a grid and latent walks.
+
+Run by DVC (see dvc.yaml), or by hand from the repo root:
+    python stages/generate.py --generator models/generator.keras --out data/generated \
+        --run-file data/train/mlflow_run.json
+"""
+
+import json
+
+from dcgan.sampling import generate
+from dcgan.stage import stage_args, stage_main
+
+
+def main() -> None:
+    params, args = stage_args(__doc__, "generator", "out", "run_file")
+    summary = generate(params.generate, generator_path=args.generator, out_dir=args.out,
+                       run_file=args.run_file)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    stage_main(main)
