@@ -8,6 +8,7 @@ the comment on that key.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -184,6 +185,18 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         raise UserError(f"{source}: {_describe(first)}") from None
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader that reads `2e-4` as a float, as YAML 1.2 (and DVC) do; YAML 1.1
+    wants a dot in the mantissa and would read it as a string."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate the whole params file.
 
@@ -192,7 +205,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_Yaml12Loader)
     except FileNotFoundError:
         raise UserError(f"{path}: not found; run from the repo root or pass --params") from None
     except yaml.YAMLError as err:

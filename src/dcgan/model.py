@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
 from pathlib import Path
 
 import keras
@@ -99,6 +100,9 @@ def Discriminator(cfg: TrainConfig, image_shape: tuple[int, int, int]) -> keras.
 
 
 def _tutorial_generator(latent_dim: int, size: int, channels: int) -> keras.Sequential:
+    if size % 4:
+        raise UserError(f"image size {size} cannot be produced by the tutorial architecture "
+                        "(it needs a multiple of 4)")
     start = size // 4
     return keras.Sequential([
         keras.Input((latent_dim,)),
@@ -153,7 +157,8 @@ class DCGAN(keras.Model):
 
     def compile(self, g_optimizer: keras.optimizers.Optimizer,
                 d_optimizer: keras.optimizers.Optimizer, **kwargs) -> None:
-        super().compile(**kwargs)
+        # optimizer=None: Keras would otherwise add an unused RMSprop to every checkpoint.
+        super().compile(optimizer=None, **kwargs)
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
         # Build the slots now so a checkpoint restores them before the first step.
         g_optimizer.build(self.generator.trainable_variables)
@@ -247,5 +252,5 @@ def load_model(path: Path, remedy: str) -> keras.Model:
         raise UserError(f"{path}: no model here; {remedy}")
     try:
         return keras.saving.load_model(path, compile=False)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as err:
         raise UserError(f"{path}: cannot be loaded as a Keras model ({err}); {remedy}") from None

@@ -42,6 +42,8 @@ def tracking_uri() -> str:
 
 def _use_store() -> str:
     """Point mlflow at the store and make sure the experiment exists; return its id."""
+    # Decide before set_tracking_uri, which exports MLFLOW_TRACKING_URI itself.
+    default_store = "MLFLOW_TRACKING_URI" not in os.environ
     mlflow.set_tracking_uri(tracking_uri())
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
     experiment = mlflow.get_experiment_by_name(name)
@@ -50,7 +52,7 @@ def _use_store() -> str:
     # Artifacts of the default store live beside it, not under the cwd, which
     # is a throw-away copy for `dvc exp run --temp`. A server picks its own.
     location = None
-    if "MLFLOW_TRACKING_URI" not in os.environ:
+    if default_store:
         location = (repo_root() / "mlruns" / name).as_uri()
     return mlflow.create_experiment(name, artifact_location=location)
 
@@ -83,7 +85,7 @@ def resume_run(run_file: Path) -> Iterator[str]:
     """
     try:
         run_id = json.loads(Path(run_file).read_text())["run_id"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"{run_file}: no MLflow run id; run the train stage first") from None
     _use_store()
     try:

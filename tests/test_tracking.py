@@ -1,0 +1,239 @@
+"""Unit tests of dcgan.tracking against real MLflow SQLite stores in temporary directories.
+
+Run with `pytest tests/test_tracking.py -q`. Covers where the store lives
+(MLFLOW_TRACKING_URI > DVC_ROOT > cwd), that importing the module writes nothing,
+the start_run/resume_run round trip, FAILED runs, and metric logging.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dcgan import tracking
+from dcgan.errors import UserError
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """No store settings from the caller's shell; the cwd is a scratch directory."""
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "DVC_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    yield
+    while mlflow.active_run():  # a failing test must not leave a run open for the next
+        mlflow.end_run()
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; unset it (monkeypatch then
+    # restores whatever the caller had).
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def shared_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite store for the module: creating one costs over a second; each test makes its
+    own runs and looks them up by id."""
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def store(monkeypatch: pytest.MonkeyPatch, shared_uri: str) -> str:
+    """The shared SQLite store, named by MLFLOW_TRACKING_URI."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_uri)
+    return shared_uri
+
+
+# ---------------------------------------------------------------- where the store is
+
+
+def test_tracking_uri_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert tracking.tracking_uri() == f"sqlite:///{cwd.resolve() / 'mlflow.db'}"
+    assert tracking.repo_root() == cwd.resolve()
+
+    root = tmp_path / "repo"
+    monkeypatch.setenv("DVC_ROOT", str(root))
+    assert tracking.tracking_uri() == f"sqlite:///{root.resolve() / 'mlflow.db'}"
+    assert tracking.repo_root() == root.resolve()
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking.tracking_uri() == "http://127.0.0.1:5999"
+
+    monkeypatch.setenv("DVC_ROOT", "")  # empty counts as unset
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking.tracking_uri() == f"sqlite:///{cwd.resolve() / 'mlflow.db'}"
+
+
+def test_import_has_no_side_effects(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    code = ("import os, mlflow, dcgan.tracking\n"
+            "assert not mlflow.is_tracking_uri_set(), 'URI set at import'\n"
+            "assert 'MLFLOW_TRACKING_URI' not in os.environ\n"
+            "print('imported')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "imported" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no mlflow.db, no mlruns
+
+
+def _run_in_temp_copy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Path, Path, str]:
+    """What `dvc exp run --temp` does: the stage runs in a throw-away copy with DVC_ROOT set
+    to the repo, and no MLFLOW_TRACKING_URI. Returns (repo, copy, run id)."""
+    root, temp_copy = tmp_path / "repo", tmp_path / "temp-copy"
+    root.mkdir()
+    temp_copy.mkdir()
+    monkeypatch.setenv("DVC_ROOT", str(root))
+    monkeypatch.chdir(temp_copy)
+    (temp_copy / "note.txt").write_text("hello")
+    with tracking.start_run(temp_copy / "run.json", {"x": 1}, {}) as run_id:
+        tracking.log_artifacts([temp_copy / "note.txt"], "stage")
+    return root, temp_copy, run_id
+
+
+def test_default_store_lives_at_dvc_root(monkeypatch: pytest.MonkeyPatch,
+                                         tmp_path: Path) -> None:
+    root, temp_copy, run_id = _run_in_temp_copy(monkeypatch, tmp_path)
+    assert (root / "mlflow.db").is_file()
+    assert not (temp_copy / "mlflow.db").exists()
+    client = MlflowClient(f"sqlite:///{root.resolve() / 'mlflow.db'}")
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_default_store_keeps_artifacts_at_dvc_root(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    root, temp_copy, run_id = _run_in_temp_copy(monkeypatch, tmp_path)
+    experiment = mlflow.get_experiment_by_name(tracking.EXPERIMENT)
+    assert experiment.artifact_location == (root.resolve() / "mlruns" / "dcgan").as_uri()
+    assert mlflow.get_run(run_id).info.artifact_uri.startswith(experiment.artifact_location)
+    copied = list((root / "mlruns").rglob("note.txt"))
+    assert len(copied) == 1 and copied[0].read_text() == "hello"
+    assert not (temp_copy / "mlruns").exists()
+
+
+def test_experiment_name_from_env(store: str, monkeypatch: pytest.MonkeyPatch,
+                                  tmp_path: Path) -> None:
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "other")
+    with tracking.start_run(tmp_path / "run.json", {}, {}) as run_id:
+        pass
+    experiment_id = MlflowClient(store).get_run(run_id).info.experiment_id
+    assert MlflowClient(store).get_experiment(experiment_id).name == "other"
+
+
+# ---------------------------------------------------------------- runs
+
+
+def test_start_and_resume_round_trip(store: str, tmp_path: Path) -> None:
+    run_file = tmp_path / "out" / "run.json"
+    params = {"train.lr": 0.0002, "train.epochs": 2, "fetch.folder": None}
+    with tracking.start_run(run_file, params, {"arch": "paper"}, "paper-run") as run_id:
+        assert mlflow.active_run().info.run_id == run_id
+    assert json.loads(run_file.read_text()) == {"run_id": run_id}
+    assert mlflow.active_run() is None
+
+    client = MlflowClient(store)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "paper-run"
+    assert run.data.params == {"train.lr": "0.0002", "train.epochs": "2",
+                               "fetch.folder": "null"}
+    assert run.data.tags["arch"] == "paper"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == tracking.EXPERIMENT
+
+    n_runs = len(client.search_runs([run.info.experiment_id]))
+    with tracking.resume_run(run_file) as resumed:
+        assert resumed == run_id == mlflow.active_run().info.run_id
+        tracking.tag_params({"generate.seed": 123, "generate.extra": None})
+        tracking.log_metrics({"fid": 1.5})
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["generate.seed"] == "123"
+    assert run.data.tags["generate.extra"] == "null"
+    assert run.data.metrics == {"fid": 1.5}
+    assert len(client.search_runs([run.info.experiment_id])) == n_runs  # reopened, not new
+
+
+def test_second_start_run_reuses_the_experiment(store: str, tmp_path: Path) -> None:
+    with tracking.start_run(tmp_path / "a.json", {}, {}) as first:
+        pass
+    with tracking.start_run(tmp_path / "b.json", {}, {}) as second:
+        pass
+    client = MlflowClient(store)
+    assert first != second
+    assert client.get_run(first).info.experiment_id == client.get_run(second).info.experiment_id
+
+
+def test_run_that_raises_ends_failed(store: str, tmp_path: Path) -> None:
+    run_file = tmp_path / "run.json"
+    with pytest.raises(RuntimeError, match="boom"), \
+            tracking.start_run(run_file, {"a": 1}, {}):
+        raise RuntimeError("boom")
+    run_id = json.loads(run_file.read_text())["run_id"]
+    assert MlflowClient(store).get_run(run_id).info.status == "FAILED"
+    assert mlflow.active_run() is None
+
+
+def test_resume_missing_file(store: str, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.json"
+    with pytest.raises(UserError, match="no MLflow run id; run the train stage first"), \
+            tracking.resume_run(missing):
+        pass
+
+
+@pytest.mark.parametrize("text", ["", "not json", '{"id": "x"}'])
+def test_resume_unreadable_file(store: str, tmp_path: Path, text: str) -> None:
+    run_file = tmp_path / "run.json"
+    run_file.write_text(text)
+    with pytest.raises(UserError, match="no MLflow run id"), tracking.resume_run(run_file):
+        pass
+
+
+def test_resume_json_that_is_not_an_object(store: str, tmp_path: Path) -> None:
+    run_file = tmp_path / "run.json"
+    run_file.write_text("null\n")
+    with pytest.raises(UserError, match="no MLflow run id"), tracking.resume_run(run_file):
+        pass
+
+
+def test_resume_unknown_run_id(store: str, tmp_path: Path) -> None:
+    run_file = tmp_path / "run.json"
+    run_file.write_text(json.dumps({"run_id": "0123456789abcdef0123456789abcdef"}))
+    with pytest.raises(UserError) as info, tracking.resume_run(run_file):
+        pass
+    message = str(info.value)
+    assert "0123456789abcdef0123456789abcdef" in message
+    assert store in message and "dvc repro -f train" in message
+    assert mlflow.active_run() is None
+
+
+def test_log_metrics_skips_non_numbers(store: str, tmp_path: Path) -> None:
+    with tracking.start_run(tmp_path / "run.json", {}, {}) as run_id:
+        tracking.log_metrics({"a": 1, "b": None, "c": 2.5, "d": "text"}, step=3)
+        tracking.log_metrics({"a": 4}, step=4)
+    client = MlflowClient(store)
+    assert client.get_run(run_id).data.metrics == {"a": 4.0, "c": 2.5}
+    history = client.get_metric_history(run_id, "a")
+    assert [(m.step, m.value) for m in history] == [(3, 1.0), (4, 4.0)]
+    assert client.get_metric_history(run_id, "b") == []
+
+
+def test_log_artifacts_files_and_dirs(store: str, tmp_path: Path) -> None:
+    (tmp_path / "grids").mkdir()
+    (tmp_path / "grids" / "epoch_0001.png").write_bytes(b"png")
+    (tmp_path / "history.csv").write_text("epoch\n1\n")
+    with tracking.start_run(tmp_path / "run.json", {}, {}) as run_id:
+        tracking.log_artifacts([tmp_path / "history.csv", tmp_path / "grids"], "train")
+    client = MlflowClient(store)
+    top = {a.path for a in client.list_artifacts(run_id, "train")}
+    assert top == {"train/history.csv", "train/grids"}
+    assert [a.path for a in client.list_artifacts(run_id, "train/grids")] == [
+        "train/grids/epoch_0001.png"]

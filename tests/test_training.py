@@ -1,0 +1,329 @@
+"""Unit tests of dcgan.training: `train()` end to end on a tiny processed dataset with a
+real MLflow SQLite store, plus its callbacks, input pipeline and checkpoint key.
+
+Run with `pytest tests/test_training.py -q`. The end-to-end run (64 images of 16x16x1,
+2 epochs of 4 steps, latent 8) happens once per module; its tests read what it wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from dcgan import data
+from dcgan.config import PreprocessConfig, parse_params
+from dcgan.errors import UserError
+from dcgan.training import (
+    GRID_ROWS,
+    HistoryCSV,
+    Throughput,
+    TrainOutputs,
+    checkpoint_dir,
+    input_pipeline,
+    train,
+)
+
+TINY = {
+    "preprocess": {"image_size": 16},
+    "train": {"epochs": 2, "batch_size": 16, "latent_dim": 8, "g_filters": 8, "d_filters": 8},
+}
+METRICS = {"d_loss", "g_loss", "d_real", "d_fake", "images_per_sec"}
+
+
+def processed_npz(root: Path, n: int = 80) -> Path:
+    """Run the real preprocess on n random 16x16 grey images; 80% (64) go to train.
+
+    The same n gives the same file, byte for byte; an existing one is reused."""
+    out = root / "processed" / "data.npz"
+    if out.exists():
+        return out
+    rng = np.random.default_rng(0)
+    raw = root / "raw"
+    raw.mkdir(parents=True)
+    np.savez(raw / "images.npz", x=rng.integers(0, 256, (n, 16, 16, 1), dtype=np.uint8),
+             y=rng.integers(0, 10, n).astype(np.int64))
+    data.preprocess(PreprocessConfig(image_size=16, test_fraction=0.2), raw, out,
+                    root / "processed" / "stats.json")
+    return out
+
+
+def outputs(root: Path) -> TrainOutputs:
+    return TrainOutputs(
+        generator=root / "models" / "generator.keras",
+        discriminator=root / "models" / "discriminator.keras",
+        history=root / "reports" / "history.csv",
+        grids=root / "reports" / "grids",
+        gif=root / "reports" / "progress.gif",
+        run_file=root / "models" / "run.json",
+        checkpoints=root / "checkpoints",
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """One real `train()` in a scratch directory, tracked in a SQLite store there."""
+    root = tmp_path_factory.mktemp("train")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        for name in ("DVC_ROOT", "MLFLOW_EXPERIMENT_NAME"):
+            mp.delenv(name, raising=False)
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        data_file = processed_npz(root)
+        params = parse_params(TINY)
+        out = outputs(root)
+        result = train(params, data_file, out)
+        yield SimpleNamespace(root=root, params=params, data_file=data_file, out=out,
+                              result=result, client=MlflowClient(uri))
+
+
+# ---------------------------------------------------------------- train() end to end
+
+
+def test_train_returns_last_logs_and_run_id(trained) -> None:
+    result = trained.result
+    assert set(result) == METRICS | {"run_id"}
+    assert json.loads(trained.out.run_file.read_text()) == {"run_id": result["run_id"]}
+    assert all(np.isfinite(result[k]) for k in METRICS)
+    assert result["images_per_sec"] > 0
+
+
+def test_history_csv(trained) -> None:
+    history = pd.read_csv(trained.out.history)
+    assert history["epoch"].tolist() == [1, 2]
+    assert set(history.columns) == METRICS | {"epoch"}
+    assert not any(c.startswith("val_") for c in history.columns)
+    assert np.isfinite(history[sorted(METRICS)].to_numpy()).all()
+    assert history["d_real"].between(0, 1).all() and history["d_fake"].between(0, 1).all()
+    assert (history["images_per_sec"] > 0).all()
+    assert history.iloc[-1]["g_loss"] == pytest.approx(trained.result["g_loss"])
+
+
+def test_epoch_grids_and_gif(trained) -> None:
+    grids = sorted(trained.out.grids.iterdir())
+    assert [p.name for p in grids] == ["epoch_0001.png", "epoch_0002.png"]
+    side = GRID_ROWS * (16 + 2) + 2
+    for path in grids:
+        with Image.open(path) as im:
+            assert im.size == (side, side) and im.mode == "L"
+    assert grids[0].read_bytes() != grids[1].read_bytes()  # G changed between epochs
+    with Image.open(trained.out.gif) as gif:
+        assert gif.n_frames == 2
+
+
+def test_saved_models_load(trained) -> None:
+    generator = keras.saving.load_model(trained.out.generator)
+    discriminator = keras.saving.load_model(trained.out.discriminator)
+    assert generator.input_shape == (None, 8)
+    z = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    images = np.asarray(generator(z))
+    assert images.shape == (3, 16, 16, 1)
+    assert np.asarray(discriminator(images)).shape == (3, 1)
+    assert not list(trained.out.generator.parent.glob(".tmp-*"))  # atomic saves
+
+
+def test_checkpoint_removed_after_success(trained) -> None:
+    ckpt = checkpoint_dir(trained.out.checkpoints, trained.params.train,
+                          data.file_md5(trained.data_file))
+    assert not ckpt.exists()
+
+
+def test_mlflow_run(trained) -> None:
+    client, run_id = trained.client, trained.result["run_id"]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "paper-mnist-5k-16px"
+    for name in METRICS:
+        history = client.get_metric_history(run_id, name)
+        assert sorted(m.step for m in history) == [1, 2], name
+    assert run.data.metrics["g_loss"] == pytest.approx(trained.result["g_loss"])
+    params = run.data.params
+    assert params["train.lr"] == "0.0002" and params["train.beta1"] == "0.5"  # null resolved
+    assert params["train.epochs"] == "2" and params["preprocess.image_size"] == "16"
+    assert {k.split(".")[0] for k in params} == {"fetch", "preprocess", "train"}
+    tags = run.data.tags
+    assert tags["data_md5"] == data.file_md5(trained.data_file)
+    assert tags["arch"] == "paper" and tags["dataset"] == "mnist-5k"
+
+
+def test_mlflow_artifacts(trained) -> None:
+    client, run_id = trained.client, trained.result["run_id"]
+    logged = {a.path for a in client.list_artifacts(run_id, "train")}
+    assert logged == {"train/history.csv", "train/progress.gif", "train/discriminator.keras"}
+    images = [a.path for a in client.list_artifacts(run_id, "images")]
+    assert images, "the per-epoch grids are logged with mlflow.log_image"
+    run = client.get_run(run_id)
+    models = client.search_logged_models([run.info.experiment_id])
+    assert [m.name for m in models if m.source_run_id == run_id] == ["generator"]
+
+
+def test_batch_larger_than_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    data_file = processed_npz(tmp_path)
+    params = parse_params({**TINY, "train": {**TINY["train"], "batch_size": 65}})
+    out = outputs(tmp_path)
+    with pytest.raises(UserError, match=r"train.batch_size = 65 exceeds the 64 training"):
+        train(params, data_file, out)
+    assert not out.run_file.exists()  # failed before any MLflow run was opened
+
+
+# ---------------------------------------------------------------- reproducibility and resume
+
+
+def _train_in(root: Path, setup=None) -> tuple[TrainOutputs, BaseException | None]:
+    """train() with the module's params and data in `root`, its store at root/mlflow.db.
+
+    `setup(out)` runs first (to put an obstacle in the way); returns the outputs and the
+    exception train() raised, if any."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        data_file = processed_npz(root)
+        out = outputs(root)
+        if setup:
+            setup(out)
+        try:
+            train(parse_params(TINY), data_file, out)
+        except Exception as err:  # handed to the test to check
+            return out, err
+    return out, None
+
+
+def generator_weights(path: Path) -> list[np.ndarray]:
+    return keras.saving.load_model(path).get_weights()
+
+
+def test_train_is_reproducible(trained, tmp_path: Path) -> None:
+    out, error = _train_in(tmp_path)
+    assert error is None
+    assert data.file_md5(tmp_path / "processed" / "data.npz") == data.file_md5(trained.data_file)
+    for a, b in zip(generator_weights(trained.out.generator), generator_weights(out.generator),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+    first, again = pd.read_csv(trained.out.history), pd.read_csv(out.history)
+    pd.testing.assert_frame_equal(first.drop(columns="images_per_sec"),
+                                  again.drop(columns="images_per_sec"))
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """A run that crashes at the end of epoch 2, before that epoch's checkpoint, then reruns.
+
+    The crash is real: a directory sits where epoch 2's grid PNG goes, so its rename fails."""
+    root = tmp_path_factory.mktemp("resume")
+
+    def block_grid(out: TrainOutputs) -> None:
+        (out.grids / "epoch_0002.png").mkdir(parents=True)
+
+    out, crash = _train_in(root, block_grid)
+    ckpt = checkpoint_dir(out.checkpoints, parse_params(TINY).train,
+                          data.file_md5(root / "processed" / "data.npz"))
+    after_crash = SimpleNamespace(
+        ckpt_files=sorted(p.name for p in ckpt.iterdir()) if ckpt.exists() else [],
+        history=pd.read_csv(out.history)["epoch"].tolist(),
+        run_id=json.loads(out.run_file.read_text())["run_id"],
+    )
+    (out.grids / "epoch_0002.png").rmdir()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out, error = _train_in(root)
+    return SimpleNamespace(root=root, out=out, crash=crash, error=error, ckpt=ckpt,
+                           after_crash=after_crash, warnings=[str(w.message) for w in caught],
+                           client=MlflowClient(f"sqlite:///{root / 'mlflow.db'}"))
+
+
+def test_interrupted_run_resumes_at_the_next_epoch(resumed) -> None:
+    assert isinstance(resumed.crash, OSError)
+    assert "latest.weights.h5" in resumed.after_crash.ckpt_files  # epoch 1 was saved
+    assert resumed.after_crash.history == [1]
+    assert resumed.error is None
+    assert pd.read_csv(resumed.out.history)["epoch"].tolist() == [1, 2]
+    assert not resumed.ckpt.exists()
+    with Image.open(resumed.out.gif) as gif:
+        assert gif.n_frames == 2
+    client = resumed.client
+    crashed = client.get_run(resumed.after_crash.run_id)
+    assert crashed.info.status == "FAILED"
+    new_id = json.loads(resumed.out.run_file.read_text())["run_id"]
+    assert new_id != crashed.info.run_id
+    assert client.get_run(new_id).info.status == "FINISHED"
+    # the rerun trained epoch 2 only
+    assert [m.step for m in client.get_metric_history(new_id, "g_loss")] == [2]
+
+
+def test_resume_restores_without_skipped_variables(resumed) -> None:
+    assert resumed.error is None
+    assert not [w for w in resumed.warnings if "Skipping variable loading" in w]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "model.py DCGAN.noise_seed: the SeedGenerator's state is not part of the checkpoint "
+    "(BackupAndRestore's latest.weights.h5 has no top-level vars), so a resumed run redraws "
+    "epoch 1's noise in epoch 2; training.input_pipeline's reshuffle_each_iteration also "
+    "restarts the data order. A resumed run is therefore not the run it replaces"))
+def test_resumed_run_matches_an_uninterrupted_one(trained, resumed) -> None:
+    for a, b in zip(generator_weights(trained.out.generator),
+                    generator_weights(resumed.out.generator), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- parts
+
+
+def test_checkpoint_dir_keys_on_train_params_and_data() -> None:
+    cfg = parse_params(TINY).train
+    root = Path("ckpt")
+    base = checkpoint_dir(root, cfg, "a" * 32)
+    assert base.parent == root and len(base.name) == 16
+    assert checkpoint_dir(root, parse_params(TINY).train, "a" * 32) == base  # stable
+    assert checkpoint_dir(root, cfg, "b" * 32) != base
+    for change in ({"lr": 0.001}, {"seed": 1}, {"batch_size": 32}, {"arch": "tutorial"},
+                   {"precision": "mixed_bfloat16"}):
+        assert checkpoint_dir(root, cfg.model_copy(update=change), "a" * 32) != base, change
+
+
+def test_throughput_measures_images_per_second() -> None:
+    callback = Throughput(images_per_epoch=100)
+    logs: dict = {}
+    callback.on_epoch_begin(0, logs)
+    time.sleep(0.05)
+    callback.on_epoch_end(0, logs)
+    assert 0 < logs["images_per_sec"] <= 100 / 0.05
+
+
+def test_history_csv_starts_fresh_and_appends(tmp_path: Path) -> None:
+    path = tmp_path / "history.csv"
+    callback = HistoryCSV(path)
+    callback.on_epoch_end(0, {"g_loss": 1.0, "d_loss": 2.0})
+    callback.on_epoch_end(1, {"g_loss": 3.0, "d_loss": 4.0})
+    assert path.read_text().splitlines() == ["epoch,d_loss,g_loss", "1,2.0,1.0", "2,4.0,3.0"]
+    HistoryCSV(path).on_epoch_end(2, {"g_loss": 5.0, "d_loss": 6.0})  # resumed run appends
+    assert len(path.read_text().splitlines()) == 4
+    callback.on_epoch_end(0, {"g_loss": 7.0, "d_loss": 8.0})  # a new run starts over
+    assert path.read_text().splitlines() == ["epoch,d_loss,g_loss", "1,8.0,7.0"]
+
+
+def test_input_pipeline_full_seeded_batches() -> None:
+    cfg = parse_params(TINY).train
+    images = np.arange(70, dtype=np.float32).reshape(70, 1, 1, 1)
+    first = [b.numpy().ravel() for b in input_pipeline(images, cfg)]
+    assert [len(b) for b in first] == [16] * 4  # the 6 left over are dropped
+    again = [b.numpy().ravel() for b in input_pipeline(images, cfg)]
+    np.testing.assert_array_equal(np.concatenate(first), np.concatenate(again))
+    assert not np.array_equal(np.concatenate(first), np.arange(64))  # shuffled
+    other = [b.numpy().ravel()
+             for b in input_pipeline(images, cfg.model_copy(update={"seed": 1}))]
+    assert not np.array_equal(np.concatenate(first), np.concatenate(other))
+    with pytest.raises(UserError, match="batch_size = 16 exceeds the 15"):
+        input_pipeline(images[:15], cfg)
