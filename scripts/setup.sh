@@ -8,8 +8,11 @@ stamp=$(cat requirements.txt constraints.txt pyproject.toml | sha256sum | cut -c
 if [ "$(cat .venv/.stamp 2>/dev/null)" != "$stamp" ]; then
   echo "setting up .venv (pinned dependencies; a few minutes the first time)..."
   "$PYTHON" -m venv .venv
-  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt -c constraints.txt
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+  # sed drops pip's warnings about package directories this machine's pip.conf names but lacks.
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt \
+    -c constraints.txt 2>&1 | sed '/is neither a file nor a directory/d'
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e . 2>&1 \
+    | sed '/is neither a file nor a directory/d'
   echo "$stamp" > .venv/.stamp
 fi
 # shellcheck disable=SC1091

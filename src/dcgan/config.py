@@ -38,6 +38,11 @@ class FetchConfig(_Section):
     def _folder_needs_path(self) -> FetchConfig:
         if self.dataset == "folder" and not self.folder:
             raise ValueError("fetch.folder must name a directory when fetch.dataset is 'folder'")
+        if self.mirror is not None and not self.mirror.startswith(("http://", "https://", "file://")):
+            raise ValueError(
+                f"fetch.mirror = {self.mirror!r} is invalid: must be a URL starting with "
+                "http://, https:// or file://"
+            )
         return self
 
 

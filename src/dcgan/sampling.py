@@ -116,15 +116,16 @@ def generate(cfg: GenerateConfig, generator_path: Path, out_dir: Path, run_file:
 
 def _write_samples(generator: keras.Model, cfg: GenerateConfig, out_dir: Path) -> dict:
     latent_dim = generator.input_shape[-1]
-    rng = np.random.default_rng(cfg.seed)
+    # One independent stream each, so the grid and the walks do not change with num_samples.
+    rng, grid_rng, walk_rng = map(np.random.default_rng, np.random.SeedSequence(cfg.seed).spawn(3))
     # 1. Samples, drawn in batches so a large num_samples stays within memory.
     z = rng.standard_normal((cfg.num_samples, latent_dim)).astype(np.float32)
     samples = generator.predict(z, batch_size=256, verbose=0).astype(np.float32)
-    # 2. Grid from its own noise, so it does not change with num_samples.
-    z_grid = rng.standard_normal((cfg.grid_rows**2, latent_dim)).astype(np.float32)
+    # 2. Grid.
+    z_grid = grid_rng.standard_normal((cfg.grid_rows**2, latent_dim)).astype(np.float32)
     grid = generator.predict(z_grid, verbose=0)
     # 3. Latent walks: each row goes from one random z to another.
-    ends = rng.standard_normal((cfg.grid_rows, 2, latent_dim))
+    ends = walk_rng.standard_normal((cfg.grid_rows, 2, latent_dim))
     t = np.linspace(0.0, 1.0, cfg.interp_steps)
     walks = np.concatenate([slerp(a, b, t) for a, b in ends]).astype(np.float32)
     interp = generator.predict(walks, verbose=0)
