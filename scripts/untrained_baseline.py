@@ -5,9 +5,11 @@ floor gives it from below). Run from the repo root after `dvc repro`:
     python scripts/untrained_baseline.py
 """
 import json
+
 import numpy as np
-from dcgan.config import load_params
+
 from dcgan.classifier import feature_extractor
+from dcgan.config import load_params
 from dcgan.data import load_processed
 from dcgan.metrics import evaluate_generator
 from dcgan.model import Generator, load_model
