@@ -6,6 +6,8 @@ Run with `pytest tests/test_model.py -q`. Tiny networks (latent 8, 8 filters) on
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -259,3 +261,35 @@ def test_saved_generator_reloads_without_custom_objects(tmp_path: Path) -> None:
                                   np.asarray(gan.generator(z, training=False)))
     assert loaded.input_shape == (None, LATENT)
     assert loaded.output_shape == (None, 16, 16, 1)
+
+
+_WEIGHTS_MD5 = """
+import hashlib
+from dcgan.config import TrainConfig
+from dcgan.model import build_gan
+from dcgan.training import seed_everything
+seed_everything({seed}, "float32")
+gan = build_gan(TrainConfig(latent_dim=8, g_filters=8, d_filters=8), (16, 16, 1))
+print(hashlib.md5(b"".join(w.numpy().tobytes() for w in gan.weights)).hexdigest())
+"""
+
+
+def _initial_weights_md5(seed: int) -> str:
+    out = subprocess.run([sys.executable, "-c", _WEIGHTS_MD5.format(seed=seed)],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.split()[-1]
+
+
+def test_initial_weights_repeat_across_processes() -> None:
+    # In-process repeats can hide seeds drawn at import time; fresh processes cannot.
+    first, second, other = (_initial_weights_md5(s) for s in (42, 42, 7))
+    assert first == second
+    assert first != other
+
+
+def test_layers_of_the_same_shape_start_with_different_weights() -> None:
+    keras.utils.set_random_seed(0)
+    gan = build_gan(TrainConfig(latent_dim=8, g_filters=8, d_filters=8), (32, 32, 1))
+    gammas = [w.numpy() for w in gan.weights if w.path.endswith("gamma")]
+    assert len(gammas) >= 2
+    assert not np.array_equal(gammas[0][:4], gammas[1][:4])

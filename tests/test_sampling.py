@@ -260,3 +260,14 @@ def test_generate_without_a_run_writes_nothing(saved_generator, run_file,
     with pytest.raises(UserError, match="run the train stage first"):
         generate(CFG, saved_generator.path, out, tmp_path / "missing.json")
     assert not out.exists()
+
+
+def test_grid_and_walks_do_not_depend_on_num_samples(saved_generator, run_file,
+                                                      tmp_path: Path) -> None:
+    generate(CFG, saved_generator.path, tmp_path / "a", run_file.path)
+    more = CFG.model_copy(update={"num_samples": CFG.num_samples + 5})
+    generate(more, saved_generator.path, tmp_path / "b", run_file.path)
+    for name in ("grid.png", "interpolation.png"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    a, b = (np.load(tmp_path / d / "samples.npy") for d in "ab")
+    np.testing.assert_array_equal(a, b[: len(a)])  # the first samples stay the same too

@@ -23,10 +23,18 @@ from keras import layers, ops
 from dcgan.config import TrainConfig, paper_start_size
 from dcgan.errors import UserError
 
+
 # Paper, section 4: "All weights were initialized from a zero-centered Normal
 # distribution with standard deviation 0.02." BN's scale is centred on 1 instead.
-_W_INIT = keras.initializers.RandomNormal(0.0, 0.02)
-_GAMMA_INIT = keras.initializers.RandomNormal(1.0, 0.02)
+# One initializer per layer, made when the layer is: an instance draws its seed when
+# constructed, so a shared module-level one would give every layer the same draws and
+# take its seed from before `keras.utils.set_random_seed` ran.
+def _w_init() -> keras.initializers.Initializer:
+    return keras.initializers.RandomNormal(0.0, 0.02)
+
+
+def _gamma_init() -> keras.initializers.Initializer:
+    return keras.initializers.RandomNormal(1.0, 0.02)
 
 
 def _paper_depth(image_size: int) -> tuple[int, int]:
@@ -52,19 +60,19 @@ def Generator(cfg: TrainConfig, image_shape: tuple[int, int, int]) -> keras.Sequ
     model.add(keras.Input((cfg.latent_dim,)))
     # The paper's "project and reshape" as a convolution: no fully connected hidden layer.
     model.add(layers.Reshape((1, 1, cfg.latent_dim)))  # (B, 1, 1, z)
-    model.add(layers.Conv2DTranspose(width, start, use_bias=False, kernel_initializer=_W_INIT))
-    model.add(layers.BatchNormalization(gamma_initializer=_GAMMA_INIT))
+    model.add(layers.Conv2DTranspose(width, start, use_bias=False, kernel_initializer=_w_init()))
+    model.add(layers.BatchNormalization(gamma_initializer=_gamma_init()))
     model.add(layers.ReLU())  # (B, s, s, F * 2**(n-1))
     for _ in range(depth - 1):
         width //= 2
         model.add(layers.Conv2DTranspose(
-            width, 4, strides=2, padding="same", use_bias=False, kernel_initializer=_W_INIT
+            width, 4, strides=2, padding="same", use_bias=False, kernel_initializer=_w_init()
         ))
-        model.add(layers.BatchNormalization(gamma_initializer=_GAMMA_INIT))
+        model.add(layers.BatchNormalization(gamma_initializer=_gamma_init()))
         model.add(layers.ReLU())  # side doubles, width halves
     # No batch norm on G's output layer; tanh matches data scaled to [-1, 1].
     model.add(layers.Conv2DTranspose(
-        channels, 4, strides=2, padding="same", kernel_initializer=_W_INIT
+        channels, 4, strides=2, padding="same", kernel_initializer=_w_init()
     ))
     model.add(layers.Activation("tanh", dtype="float32"))  # (B, H, W, C)
     return model
@@ -83,19 +91,19 @@ def Discriminator(cfg: TrainConfig, image_shape: tuple[int, int, int]) -> keras.
     model.add(keras.Input(image_shape))
     # No batch norm on D's input layer (paper, section 3).
     model.add(layers.Conv2D(
-        cfg.d_filters, 4, strides=2, padding="same", kernel_initializer=_W_INIT
+        cfg.d_filters, 4, strides=2, padding="same", kernel_initializer=_w_init()
     ))
     model.add(layers.LeakyReLU(0.2))  # (B, H/2, W/2, F)
     for i in range(1, depth):
         model.add(layers.Conv2D(
             cfg.d_filters * 2**i, 4, strides=2, padding="same", use_bias=False,
-            kernel_initializer=_W_INIT,
+            kernel_initializer=_w_init(),
         ))
-        model.add(layers.BatchNormalization(gamma_initializer=_GAMMA_INIT))
+        model.add(layers.BatchNormalization(gamma_initializer=_gamma_init()))
         model.add(layers.LeakyReLU(0.2))  # side halves, width doubles
     # "The last convolution layer is flattened and then fed into a single sigmoid output."
     model.add(layers.Flatten())
-    model.add(layers.Dense(1, kernel_initializer=_W_INIT, dtype="float32"))  # (B, 1) logits
+    model.add(layers.Dense(1, kernel_initializer=_w_init(), dtype="float32"))  # (B, 1) logits
     return model
 
 
