@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dcgan import data
+from dcgan import data, sources
 from dcgan.config import FetchConfig, PreprocessConfig
 from dcgan.errors import UserError
 
@@ -101,9 +101,9 @@ def _tiny_mnist() -> bytes:
 
 def _with_hashes(monkeypatch: pytest.MonkeyPatch, dataset: str, hashes: dict) -> None:
     """Point the registry at the test files' hashes (the real ones can't match them)."""
-    source = data.SOURCES[dataset]
+    source = sources.SOURCES[dataset]
     files = tuple((name, hashes[name]) for name, _ in source.files)
-    monkeypatch.setitem(data.SOURCES, dataset, dataclasses.replace(source, files=files))
+    monkeypatch.setitem(sources.SOURCES, dataset, dataclasses.replace(source, files=files))
 
 
 def _save(path: Path, array: np.ndarray, **kwargs: object) -> Path:
@@ -270,7 +270,7 @@ def test_download_verifies_and_then_uses_the_cache(server, tmp_path):
     payload = b"some dataset bytes" * 1000
     sha = _serve(server, "blob.bin", payload)
     for _ in range(2):
-        path = data._download(server.url + "blob.bin", sha, tmp_path / "cache", "ds")
+        path = sources.download(server.url + "blob.bin", sha, tmp_path / "cache", "ds")
         assert path == tmp_path / "cache" / "ds" / "blob.bin"
         assert path.read_bytes() == payload
     assert server.hits == ["/files/blob.bin"]  # the second call never reached the server
@@ -305,7 +305,7 @@ def test_fetch_fashion_mnist_decodes_idx_files(server, tmp_path, monkeypatch):
 def _cifar_tar() -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for i, name in enumerate(data.CIFAR_MEMBERS):
+        for i, name in enumerate(sources.CIFAR_MEMBERS):
             planes = np.repeat(np.array([10, 20, 30 + i], np.uint8), 32 * 32)  # R, G, B planes
             batch = {b"data": np.stack([planes, planes]), b"labels": [i, i]}
             # protocol 3: raw bytes opcodes and ndarray's _reconstruct, like the real
