@@ -24,7 +24,7 @@ from dcgan import tracking
 from dcgan.config import Params, TrainConfig, flatten
 from dcgan.data import file_md5, load_processed
 from dcgan.errors import UserError
-from dcgan.model import DCGAN, build_gan, save_model
+from dcgan.model import build_gan, save_model
 from dcgan.sampling import image_grid, make_gif, save_image
 
 GRID_ROWS = 8  # the per-epoch grid shows GRID_ROWS x GRID_ROWS samples
@@ -126,11 +126,12 @@ def checkpoint_dir(root: Path, cfg: TrainConfig, data_md5: str) -> Path:
     return root / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def _callbacks(gan: DCGAN, cfg: TrainConfig, out: TrainOutputs, ckpt: Path,
+def _callbacks(cfg: TrainConfig, out: TrainOutputs, ckpt: Path,
                images_per_epoch: int) -> list[keras.callbacks.Callback]:
     noise = np.random.default_rng(cfg.seed).standard_normal((GRID_ROWS**2, cfg.latent_dim))
     out.history.parent.mkdir(parents=True, exist_ok=True)
-    # Order matters: the first two add to `logs`, the last three read it.
+    # Order matters: Throughput adds `images_per_sec` to the logs that HistoryCSV and
+    # EpochLogger write, and EpochGrid saves the picture EpochLogger uploads.
     return [
         Throughput(images_per_epoch),
         EpochGrid(noise.astype(np.float32), out.grids),
@@ -144,7 +145,7 @@ def train(params: Params, data_file: Path, out: TrainOutputs) -> dict:
     """Train the DCGAN on the processed data and write every train output.
 
     Args:
-        params: the whole validated params (all of it is logged to MLflow).
+        params: the whole validated params; fetch, preprocess and train are logged.
         data_file: the preprocess stage's npz.
         out: output paths.
 
@@ -162,7 +163,7 @@ def train(params: Params, data_file: Path, out: TrainOutputs) -> dict:
     dataset = input_pipeline(data.train_x, cfg)
     gan = build_gan(cfg, data.image_shape)
     images_per_epoch = (len(data.train_x) // cfg.batch_size) * cfg.batch_size
-    callbacks = _callbacks(gan, cfg, out, checkpoint_dir(out.checkpoints, cfg, data_md5),
+    callbacks = _callbacks(cfg, out, checkpoint_dir(out.checkpoints, cfg, data_md5),
                            images_per_epoch)
     tags = {"dataset": params.fetch.dataset, "data_md5": data_md5, "arch": cfg.arch}
     run_name = f"{cfg.arch}-{params.fetch.dataset}-{params.preprocess.image_size}px"
