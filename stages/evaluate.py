@@ -6,7 +6,7 @@ same numbers to the model's MLflow run. Run by DVC (see dvc.yaml).
 
 import json
 
-from dcgan.metrics import evaluate
+from dcgan.evaluation import evaluate
 from dcgan.stage import stage_args, stage_main
 
 

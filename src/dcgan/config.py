@@ -81,6 +81,10 @@ class TrainConfig(_Section):
     precision: Literal["float32", "mixed_bfloat16"] = Field(
         "float32", description="Keras dtype policy"
     )
+    eval_every: int = Field(
+        5, ge=0, le=100000,
+        description="Fréchet distance of a fixed sample every this many epochs; 0 = off",
+    )
 
     @property
     def adam(self) -> tuple[float, float]:
@@ -99,6 +103,36 @@ class GenerateConfig(_Section):
 
 class EvaluateConfig(_Section):
     batch_size: int = Field(256, ge=1, le=65536, description="batch of feature extraction")
+    seed: int = Field(0, ge=0, description="seed of subsampling, KID subsets and the ceilings")
+    kid_subsets: int = Field(100, ge=1, le=10000, description="random subsets KID averages over")
+    kid_subset_size: int = Field(
+        1000, ge=2, le=100000, description="images per KID subset (capped at the set size)"
+    )
+    mode_min_share: float = Field(
+        0.25, gt=0, le=1,
+        description="a class is covered if its share of samples is >= this x its real share",
+    )
+    inception: str | None = Field(
+        None,
+        description="InceptionV3 weights file (.h5) for true FID/IS, 'download', or null = off",
+    )
+
+
+class ProbeConfig(_Section):
+    train_sizes: list[int] = Field(
+        [100, 1000], min_length=1, max_length=10,
+        description="labelled training images the linear probe is fitted on (each size)",
+    )
+    seed: int = Field(0, ge=0, description="seed of the labelled subsets and the random D")
+
+    @model_validator(mode="after")
+    def _sizes_positive(self) -> ProbeConfig:
+        bad = [n for n in self.train_sizes if n < 2]
+        if bad:
+            raise ValueError(
+                f"probe.train_sizes = {self.train_sizes} is invalid: every size must be >= 2"
+            )
+        return self
 
 
 class Params(_Section):
@@ -108,6 +142,7 @@ class Params(_Section):
     train: TrainConfig = TrainConfig()
     generate: GenerateConfig = GenerateConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    probe: ProbeConfig = ProbeConfig()
 
     @model_validator(mode="after")
     def _size_fits_arch(self) -> Params:
