@@ -1,17 +1,18 @@
-"""Baseline: the Fréchet distance of an UNTRAINED generator (same arch and init seed as train).
+"""Baseline: every evaluate-stage metric for an UNTRAINED generator (same arch and init seed
+as train), beside the trained one's, so each number has a scale from above.
 
-Gives `frechet_distance` in data/metrics.json its scale from above (the real-vs-real
-floor gives it from below). Run from the repo root after `dvc repro`:
+Run from the repo root after `dvc repro`:
     python scripts/untrained_baseline.py
+Prints one JSON object: the untrained generator's metrics (with the same floor and
+ceiling rows as data/metrics.json, which holds the trained generator's).
 """
 import json
 
 import numpy as np
 
-from dcgan.classifier import feature_extractor
 from dcgan.config import load_params
 from dcgan.data import load_processed
-from dcgan.metrics import evaluate_generator
+from dcgan.evaluation import evaluate_generator
 from dcgan.model import Generator, load_model
 from dcgan.training import seed_everything
 
@@ -23,6 +24,6 @@ shape = (p.generate.num_samples, p.train.latent_dim)
 z = np.random.default_rng(p.generate.seed).standard_normal(shape).astype("float32")
 samples = g.predict(z, verbose=0)
 clf = load_model("models/classifier.keras", remedy="run `dvc repro classifier` first")
-features = feature_extractor(clf)
-scores = evaluate_generator(features, samples, data.train_x, data.test_x, p.evaluate.batch_size)
+scores = evaluate_generator(clf, samples, data.train_x, data.test_x, p.evaluate,
+                            labelled=data.labelled)
 print(json.dumps(scores))

@@ -12,14 +12,15 @@ from dcgan.training import TrainOutputs, train
 
 def main() -> None:
     params, args = stage_args(
-        __doc__, "data", "generator", "discriminator", "history", "grids", "gif", "run_file",
-        "checkpoints",
+        __doc__, "data", "classifier", "generator", "discriminator", "history", "quality", "grids",
+        "gif", "run_file", "checkpoints",
     )
     out = TrainOutputs(
         generator=args.generator, discriminator=args.discriminator, history=args.history,
-        grids=args.grids, gif=args.gif, run_file=args.run_file, checkpoints=args.checkpoints,
+        quality=args.quality, grids=args.grids, gif=args.gif, run_file=args.run_file,
+        checkpoints=args.checkpoints,
     )
-    result = train(params, data_file=args.data, out=out)
+    result = train(params, data_file=args.data, classifier_path=args.classifier, out=out)
     print(json.dumps(result))
 
 

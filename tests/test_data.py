@@ -9,14 +9,12 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
-import http.server
 import io
 import json
 import pickle
 import socket
 import struct
 import tarfile
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -53,31 +51,10 @@ def _run(raw: Path, out: Path, **params: object) -> tuple[dict, data.Dataset]:
 
 
 @pytest.fixture
-def server(tmp_path: Path):
-    """A real HTTP server on 127.0.0.1 serving tmp_path/www; records each GET path."""
-    root = tmp_path / "www"
-    root.mkdir()
-    hits: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def do_GET(self) -> None:
-            hits.append(self.path)
-            super().do_GET()
-
-        def log_message(self, *args) -> None:  # keep test output clean
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield SimpleNamespace(url=f"http://127.0.0.1:{httpd.server_port}/files/", root=root,
-                          hits=hits)
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+def server(http_server: SimpleNamespace) -> SimpleNamespace:
+    """The local server (conftest.py) with files under /files/, as a mirror would have them."""
+    return SimpleNamespace(url=http_server.url + "files/", root=http_server.root,
+                           hits=http_server.hits)
 
 
 def _serve(server: SimpleNamespace, name: str, payload: bytes) -> str:

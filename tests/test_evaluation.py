@@ -1,56 +1,165 @@
-"""Tests of dcgan.evaluation: the evaluate stage's orchestration on a tiny real Keras model.
+"""Tests of dcgan.evaluation: which sets are scored against which, the ceilings, and the
+evaluate stage end to end with a real MLflow SQLite store.
 
-Run with `pytest tests/test_evaluation.py`.
+Run with `pytest tests/test_evaluation.py`. The classifier is a tiny real Keras model
+(`build_classifier`, untrained: its features are a fixed random map, which is all the
+bookkeeping here needs; the maths is tested in test_metrics.py).
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import keras
+import mlflow
 import numpy as np
 import pytest
+from mlflow.tracking import MlflowClient
 
+from dcgan import tracking
+from dcgan.classifier import build_classifier
+from dcgan.config import EvaluateConfig
 from dcgan.errors import UserError
-from dcgan.evaluation import evaluate_generator
+from dcgan.evaluation import blurred, evaluate, evaluate_generator, pixel_shuffled
+from dcgan.model import save_model
+
+METRICS = {"frechet_distance", "kid", "kid_std", "precision", "recall", "memorisation_ratio",
+           "classifier_score", "modes_covered", "mode_kl"}
+ROWS = ("floor", "ceiling_blur", "ceiling_shuffle")
+CFG = EvaluateConfig(batch_size=16, kid_subsets=5, kid_subset_size=20)
 
 
 @pytest.fixture(scope="module")
-def feature_model() -> keras.Model:
-    """A tiny fixed random map from 8x8x1 images to 4 features."""
+def classifier() -> keras.Model:
     keras.utils.set_random_seed(0)
-    inputs = keras.Input(shape=(8, 8, 1))
-    outputs = keras.layers.Dense(4)(keras.layers.Flatten()(inputs))
-    return keras.Model(inputs, outputs)
+    return build_classifier((8, 8, 1), 3, 6)
 
 
 def _images(n: int, seed: int, shape: tuple[int, ...] = (8, 8, 1)) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-1, 1, size=(n, *shape)).astype(np.float32)
 
 
-def test_evaluate_rejects_shape_mismatch(feature_model):
+def test_rejects_shape_mismatch(classifier):
     real = _images(20, 0)
     with pytest.raises(UserError, match=r"generator output shape \(8, 8, 3\) does not match"):
-        evaluate_generator(feature_model, _images(20, 1, (8, 8, 3)), real, real, batch_size=8)
+        evaluate_generator(classifier, _images(20, 1, (8, 8, 3)), real, real, CFG)
 
 
-def test_evaluate_rejects_classifier_for_other_images(feature_model):
+def test_rejects_classifier_for_other_images(classifier):
     real = _images(20, 0, (16, 16, 1))
     with pytest.raises(UserError, match="retrain the classifier"):
-        evaluate_generator(feature_model, real, real, real, batch_size=8)
+        evaluate_generator(classifier, real, real, real, CFG)
 
 
-def test_evaluate_samples_equal_to_test_set_give_zero(feature_model):
-    real_train, real_test = _images(60, 0), _images(40, 1)
-    result = evaluate_generator(feature_model, real_test.copy(), real_train, real_test, 16)
-    assert set(result) == {"frechet_distance", "frechet_distance_real", "frechet_samples"}
-    assert result["frechet_samples"] == 40
+def test_rejects_too_few_images(classifier):
+    with pytest.raises(UserError, match="at least 4 images .* got 3"):
+        evaluate_generator(classifier, _images(3, 1), _images(20, 0), _images(20, 2), CFG)
+
+
+def test_rows_keys_and_common_n(classifier):
+    samples, train, test = _images(30, 2) * 0.5, _images(50, 0), _images(40, 1)
+    result = evaluate_generator(classifier, samples, train, test, CFG)
+    assert set(result) == METRICS | {"frechet_samples", *ROWS}
+    assert result["frechet_samples"] == 30
+    for row in ROWS:
+        assert set(result[row]) == METRICS, row
+    assert 1 <= result["modes_covered"] <= 3
+    # The shrunken samples are further from the test set than real training images are.
+    assert result["frechet_distance"] > result["floor"]["frechet_distance"]
+    assert result == evaluate_generator(classifier, samples, train, test, CFG)  # seeded
+
+
+def test_samples_equal_to_the_reference_score_perfectly(classifier):
+    train, test = _images(60, 0), _images(40, 1)
+    result = evaluate_generator(classifier, test.copy(), train, test, CFG)
     assert result["frechet_distance"] == pytest.approx(0.0, abs=1e-6)
-    assert result["frechet_distance_real"] > 1e-3
+    assert result["precision"] == result["recall"] == 1.0
+    assert result["mode_kl"] == pytest.approx(0.0, abs=1e-12)
+    # Samples that are the test images are exactly as far from train as the test images.
+    assert result["memorisation_ratio"] == pytest.approx(1.0)
 
 
-def test_evaluate_uses_smallest_set_size_and_is_seeded(feature_model):
-    samples, real_train, real_test = _images(30, 2) * 0.5, _images(50, 0), _images(40, 1)
-    first = evaluate_generator(feature_model, samples, real_train, real_test, 16, seed=3)
-    again = evaluate_generator(feature_model, samples, real_train, real_test, 16, seed=3)
-    assert first["frechet_samples"] == 30
-    assert first == again
-    assert first["frechet_distance"] > first["frechet_distance_real"]
+def test_floor_excludes_each_training_image_from_its_own_neighbours(classifier):
+    train, test = _images(60, 0), _images(40, 1)
+    floor = evaluate_generator(classifier, _images(40, 5), train, test, CFG)["floor"]
+    # Without leave-one-out every floor image would find itself: a ratio of exactly 0.
+    assert 0.5 < floor["memorisation_ratio"] < 2.0
+    copies = evaluate_generator(classifier, train[:40].copy(), train, test, CFG)
+    assert copies["memorisation_ratio"] == 0.0  # generated samples that copy train images
+
+
+def test_unlabelled_data_has_no_class_metrics(classifier):
+    result = evaluate_generator(classifier, _images(30, 2), _images(50, 0), _images(40, 1), CFG,
+                                labelled=False)
+    for row in (result, *(result[r] for r in ROWS)):
+        assert row["classifier_score"] is row["modes_covered"] is row["mode_kl"] is None
+        assert np.isfinite(row["kid"])
+
+
+def test_blur_ceiling_smooths_and_keeps_the_mean():
+    images = _images(4, 3, (16, 16, 2))
+    out = blurred(images)
+    assert out.shape == images.shape and out.dtype == np.float32
+    assert np.abs(np.diff(out, axis=1)).mean() < 0.5 * np.abs(np.diff(images, axis=1)).mean()
+    np.testing.assert_allclose(out.mean(axis=(1, 2)), images.mean(axis=(1, 2)), atol=0.05)
+
+
+def test_shuffle_ceiling_permutes_pixels_per_image():
+    images = _images(3, 4, (8, 8, 3))
+    out = pixel_shuffled(images, np.random.default_rng(0))
+    assert not np.array_equal(out, images)
+    for a, b in zip(images, out, strict=True):
+        # Same pixels (RGB triples kept together), different places.
+        assert sorted(map(tuple, a.reshape(-1, 3))) == sorted(map(tuple, b.reshape(-1, 3)))
+    again = pixel_shuffled(images, np.random.default_rng(0))
+    np.testing.assert_array_equal(out, again)
+
+
+# ---------------------------------------------------------------- the stage end to end
+
+
+@pytest.fixture
+def stage_files(tmp_path: Path, classifier, monkeypatch: pytest.MonkeyPatch):
+    for name in ("MLFLOW_EXPERIMENT_NAME", "DVC_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    rng = np.random.default_rng(0)
+    data_file = tmp_path / "dataset.npz"
+    np.savez(data_file, train_x=_images(50, 0), train_y=rng.integers(0, 3, 50),
+             test_x=_images(30, 1), test_y=rng.integers(0, 3, 30))
+    samples = tmp_path / "samples.npy"
+    np.save(samples, _images(40, 2) * 0.7)
+    save_model(classifier, tmp_path / "classifier.keras")
+    run_file = tmp_path / "run.json"
+    with tracking.start_run(run_file, {}, {}) as run_id:
+        pass
+    yield {"data_file": data_file, "samples_file": samples, "run_file": run_file,
+           "classifier_path": tmp_path / "classifier.keras",
+           "metrics_file": tmp_path / "out" / "metrics.json"}, run_id
+    mlflow.set_tracking_uri(None)
+
+
+def test_stage_writes_json_and_logs_dotted_metrics(stage_files):
+    files, run_id = stage_files
+    result = evaluate(CFG, **files)
+    written = json.loads(files["metrics_file"].read_text())
+    assert written == json.loads(json.dumps(result))
+    assert written["frechet_samples"] == 30
+    assert 0 <= written["classifier_accuracy"] <= 1
+    run = MlflowClient().get_run(run_id)
+    assert run.data.metrics["floor.frechet_distance"] == pytest.approx(
+        written["floor"]["frechet_distance"])
+    assert run.data.metrics["ceiling_shuffle.kid"] == pytest.approx(
+        written["ceiling_shuffle"]["kid"])
+    assert run.data.tags["evaluate.kid_subsets"] == "5"
+    assert run.info.status == "FINISHED"
+
+
+def test_stage_error_leaves_no_json_and_the_run_unharmed(stage_files):
+    files, run_id = stage_files
+    np.save(files["samples_file"], _images(40, 2, (8, 8, 3)))
+    with pytest.raises(UserError, match="does not match data shape"):
+        evaluate(CFG, **files)
+    assert not files["metrics_file"].parent.exists()
+    assert MlflowClient().get_run(run_id).info.status == "FINISHED"

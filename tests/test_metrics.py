@@ -1,19 +1,36 @@
-"""Unit tests of dcgan.metrics: the metric maths against closed forms and independent code.
+"""Unit tests of dcgan.metrics and dcgan.neighbours: the metric maths against closed forms
+and independent code.
 
 Run with `pytest tests/test_metrics.py`. The Fréchet distance is checked against
-closed forms and an independent `scipy.linalg.sqrtm`.
+closed forms and an independent `scipy.linalg.sqrtm`; KID against a pair-by-pair
+loop; the nearest-neighbour functions against `scipy.spatial.distance.cdist`, with
+chunks shrunk so that chunk boundaries fall mid-array; the classifier score and
+mode coverage against hand-made predictions with known answers.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy.linalg import sqrtm
+from scipy.spatial.distance import cdist
 
+from dcgan import neighbours
 from dcgan.metrics import (
+    classifier_score,
     frechet_distance,
     frechet_distance_of,
     gaussian_stats,
+    kid,
+    mode_coverage,
+)
+from dcgan.neighbours import (
+    knn_radii,
+    memorisation_ratio,
+    nn_distances,
+    precision_recall,
 )
 
 
@@ -96,3 +113,282 @@ def test_singular_covariance_is_finite_and_non_negative():
 def test_mismatched_shapes_raise():
     with pytest.raises(ValueError, match="shapes do not agree"):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+# --- KID -----------------------------------------------------------------------------
+
+
+def _mmd2_by_loops(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD^2 with kernel (a.b / d + 1)^3, pair by pair, as in Binkowski et al. 2018."""
+    d = x.shape[1]
+
+    def k(a, b):
+        return (sum(float(ai) * float(bi) for ai, bi in zip(a, b, strict=True)) / d + 1.0) ** 3
+
+    m, n = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+    return xx + yy - 2.0 * xy
+
+
+def test_kid_matches_pairwise_loops():
+    rng = np.random.default_rng(10)
+    x, y = rng.normal(size=(7, 3)), rng.normal(loc=0.5, size=(7, 3))
+    # One subset of all rows is a permutation of each set, and MMD^2 ignores order.
+    mean, std = kid(x, y, subsets=1, subset_size=7)
+    assert mean == pytest.approx(_mmd2_by_loops(x, y), rel=1e-12)
+    assert std == 0.0
+
+
+def test_kid_subsets_are_seeded_draws_capped_at_the_smaller_set():
+    rng = np.random.default_rng(11)
+    x, y = rng.normal(size=(9, 4)), rng.normal(size=(5, 4)) + 0.3
+    draws = np.random.default_rng(42)  # the documented draws: x's rows, then y's, per subset
+    expected = [
+        _mmd2_by_loops(x[draws.choice(9, 5, replace=False)], y[draws.choice(5, 5, replace=False)])
+        for _ in range(3)
+    ]
+    mean, std = kid(x, y, subsets=3, subset_size=1000, seed=42)
+    assert mean == pytest.approx(np.mean(expected), rel=1e-12)
+    assert std == pytest.approx(np.std(expected), rel=1e-10)  # population std, ddof=0
+    assert std > 0.0
+
+
+def test_kid_near_zero_for_one_distribution_and_positive_after_shift():
+    rng = np.random.default_rng(12)
+    x, y = rng.normal(size=(400, 8)), rng.normal(size=(400, 8))
+    same_mean, same_std = kid(x, y, subsets=20, subset_size=200)
+    # Unbiased: under the null the mean sits within the subset spread of 0.
+    assert abs(same_mean) < 3 * same_std
+    shift_mean, shift_std = kid(x, y + 0.5, subsets=20, subset_size=200)
+    assert shift_mean > 0.05 and shift_mean > 10 * max(shift_std, abs(same_mean))
+
+
+def test_kid_is_seeded_and_not_clipped():
+    rng = np.random.default_rng(13)
+    x, y = rng.normal(size=(60, 4)), rng.normal(size=(60, 4))
+    assert kid(x, y, 5, 20, seed=3) == kid(x, y, 5, 20, seed=3)
+    assert kid(x, y, 5, 20, seed=3) != kid(x, y, 5, 20, seed=4)
+    # Same distribution: an unbiased estimate dips below 0 for some subsets.
+    assert min(kid(x, y, 1, 20, seed=s)[0] for s in range(10)) < 0.0
+
+
+def test_kid_rejects_bad_shapes():
+    x = np.zeros((10, 4))
+    with pytest.raises(ValueError, match="widths differ"):
+        kid(x, np.zeros((10, 5)))
+    with pytest.raises(ValueError, match="N >= 2"):
+        kid(x, np.zeros((1, 4)))
+    with pytest.raises(ValueError, match="N >= 2"):
+        kid(x, np.zeros(4))
+
+
+# --- nearest neighbours ---------------------------------------------------------------
+
+
+@pytest.fixture(params=[1, 23, None], ids=["1-row-chunks", "odd-chunks", "default-chunks"])
+def chunk_elements(request, monkeypatch):
+    """Shrink the distance blocks so chunk boundaries fall inside every test array."""
+    if request.param is not None:
+        monkeypatch.setattr(neighbours, "_CHUNK_ELEMENTS", request.param * 41)
+    return request.param
+
+
+def _brute_knn_radii(x: np.ndarray, k: int) -> np.ndarray:
+    d = cdist(x, x)
+    np.fill_diagonal(d, np.inf)
+    return np.sort(d, axis=1)[:, k - 1]
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_knn_radii_match_cdist(chunk_elements, k):
+    # 41 rows: with 23 rows a chunk, the last chunk is partial.
+    x = np.random.default_rng(20).normal(size=(41, 5))
+    np.testing.assert_allclose(knn_radii(x, k), _brute_knn_radii(x, k), rtol=1e-12)
+
+
+def test_knn_radii_excludes_only_the_row_itself():
+    # Duplicates are other rows: their distance 0 counts, the row's own does not.
+    x = np.array([[0.0, 0.0], [0.0, 0.0], [3.0, 4.0]])
+    np.testing.assert_array_equal(knn_radii(x, 1), [0.0, 0.0, 5.0])
+    np.testing.assert_array_equal(knn_radii(x, 2), [5.0, 5.0, 5.0])
+    with pytest.raises(ValueError, match="k < N"):
+        knn_radii(x, 3)
+
+
+def test_nn_distances_match_cdist(chunk_elements):
+    rng = np.random.default_rng(21)
+    queries, database = rng.normal(size=(50, 6)), rng.normal(size=(41, 6))
+    expected = cdist(queries, database).min(axis=1)
+    np.testing.assert_allclose(nn_distances(queries, database), expected, rtol=1e-12)
+
+
+def test_nn_distances_leave_one_out(chunk_elements):
+    rng = np.random.default_rng(22)
+    database = rng.normal(size=(41, 3))
+    picks = np.array([3, 7, 7, 0, 40, 12])
+    exclude = np.array([3, 7, -1, 0, 40, 5])
+    d = cdist(database[picks], database)
+    d[np.arange(len(picks))[exclude >= 0], exclude[exclude >= 0]] = np.inf
+    got = nn_distances(database[picks], database, exclude)
+    np.testing.assert_allclose(got, d.min(axis=1), rtol=1e-12)
+    # Copies are exactly 0 without their exclusion, and > 0 with it.
+    assert got[2] == 0.0 and got[5] == 0.0
+    assert np.all(got[[0, 1, 3, 4]] > 0.0)
+
+
+def test_nn_distances_exact_for_near_copies_far_from_the_origin():
+    # |a|^2 + |b|^2 - 2ab would be off by ~1e-5 here; the distances are recomputed directly.
+    rng = np.random.default_rng(23)
+    database = rng.normal(size=(30, 8)) + 1e3
+    assert np.all(nn_distances(database[::3], database) == 0.0)
+    near = database[::3] + 1e-7 * rng.normal(size=(10, 8))
+    expected = cdist(near, database).min(axis=1)
+    assert np.all(expected < 1e-6)
+    np.testing.assert_allclose(nn_distances(near, database), expected, rtol=1e-6)
+
+
+def test_nn_distances_rejects_bad_exclude():
+    queries, database = np.zeros((3, 2)), np.ones((4, 2))
+    for bad in ([0, 1], [0, 1, 4], [0, -2, 1], [0.0, 1.0, 2.0]):
+        with pytest.raises(ValueError, match="exclude"):
+            nn_distances(queries, database, np.array(bad))
+    with pytest.raises(ValueError, match="exclude"):
+        nn_distances(queries, database[:1], np.array([0, -1, -1]))
+    with pytest.raises(ValueError, match="widths differ"):
+        nn_distances(queries, np.ones((4, 3)))
+
+
+# --- precision and recall -------------------------------------------------------------
+
+
+def _brute_precision_recall(real, fake, k):
+    precision = np.mean(np.any(cdist(fake, real) <= _brute_knn_radii(real, k), axis=1))
+    recall = np.mean(np.any(cdist(real, fake) <= _brute_knn_radii(fake, k), axis=1))
+    return precision, recall
+
+
+def test_precision_recall_match_cdist(chunk_elements):
+    rng = np.random.default_rng(30)
+    real, fake = rng.normal(size=(41, 4)), 0.6 * rng.normal(size=(37, 4)) + 0.8
+    got = precision_recall(real, fake, k=3)
+    expected = _brute_precision_recall(real, fake, 3)
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert 0.0 < got[0] < 1.0 and 0.0 < got[1] < 1.0  # a case with both answers possible
+
+
+def test_precision_recall_identical_and_disjoint_sets():
+    x = np.random.default_rng(31).normal(size=(60, 5))
+    assert precision_recall(x, x) == (1.0, 1.0)
+    assert precision_recall(x, x + 100.0) == (0.0, 0.0)
+
+
+def test_ball_boundary_counts_as_inside():
+    real = np.arange(5.0)[:, None]  # 0..4 on a line: every 1-NN radius is exactly 1
+    fake = np.array([[5.0], [6.0]])  # 5 lies on the ball around 4, 6 outside every ball
+    assert precision_recall(real, fake, k=1)[0] == 0.5
+
+
+def test_fake_in_a_corner_of_real_has_high_precision_low_recall():
+    rng = np.random.default_rng(32)
+    real = rng.uniform(0.0, 1.0, size=(400, 2))
+    fake = rng.uniform(0.0, 0.2, size=(400, 2))  # 4% of the real support
+    precision, recall = precision_recall(real, fake)
+    assert precision > 0.95
+    assert recall < 0.1
+
+
+def test_precision_recall_need_k_below_both_sizes():
+    x = np.zeros((5, 2))
+    with pytest.raises(ValueError, match="k < N"):
+        precision_recall(x, np.ones((3, 2)), k=3)
+
+
+# --- classifier score and mode coverage -----------------------------------------------
+
+
+def test_classifier_score_bounds():
+    k = 5
+    confident_balanced = np.eye(k)[np.arange(50) % k]  # each split of 5 holds every class
+    assert classifier_score(confident_balanced) == pytest.approx((k, 0.0), abs=1e-12)
+    same_for_all = np.tile([0.1, 0.6, 0.3], (40, 1))
+    assert classifier_score(same_for_all) == pytest.approx((1.0, 0.0), abs=1e-12)
+
+
+def test_classifier_score_matches_hand_computed_kl():
+    probs = np.array([[0.5, 0.5], [1.0, 0.0]])  # the 0 must count as 0 log 0 = 0
+    marginal = np.array([0.75, 0.25])
+    kl = [0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25), math.log(1.0 / 0.75)]
+    score, std = classifier_score(probs, splits=1)
+    assert score == pytest.approx(math.exp(np.mean(kl)), rel=1e-12)
+    assert marginal.sum() == 1.0 and std == 0.0
+
+
+def test_classifier_score_splits():
+    e0, e1 = [1.0, 0.0], [0.0, 1.0]
+    halves = np.array([e0, e0, e1, e1])
+    # One split sees two classes; two consecutive splits each see one.
+    assert classifier_score(halves, splits=1) == pytest.approx((2.0, 0.0))
+    assert classifier_score(halves, splits=2) == pytest.approx((1.0, 0.0))
+    mixed = np.array([e0, e1, e0, e0])
+    assert classifier_score(mixed, splits=2) == pytest.approx((1.5, 0.5))  # scores 2 and 1
+    # More splits than rows: one row per split, each scoring 1.
+    assert classifier_score(mixed, splits=10) == pytest.approx((1.0, 0.0))
+    with pytest.raises(ValueError, match="probs"):
+        classifier_score(np.array([0.5, 0.5]))
+
+
+def _one_hot(classes: list[int], k: int = 4) -> np.ndarray:
+    # Soft rows with the same argmax, so only the argmax may count.
+    return 0.7 * np.eye(k)[classes] + 0.3 / k
+
+
+def test_mode_coverage_collapse_and_full_coverage():
+    real = _one_hot([0, 1, 2, 3] * 3)
+    assert mode_coverage(_one_hot([2] * 6), real, 0.5) == (1, pytest.approx(math.log(4)))
+    covered, kl = mode_coverage(_one_hot([3, 2, 1, 0] * 2), real, 0.5)
+    assert covered == 4 and kl == pytest.approx(0.0, abs=1e-12)
+
+
+def test_mode_coverage_threshold_is_inclusive():
+    real = _one_hot([0, 1, 2, 3] * 2)  # r = 1/4 each
+    samples = _one_hot([0, 1, 1, 1, 2, 2, 3, 3])  # s = 1/8, 3/8, 1/4, 1/4
+    assert mode_coverage(samples, real, 0.5)[0] == 4  # 1/8 == 0.5 * 1/4 counts
+    assert mode_coverage(samples, real, 0.51)[0] == 3
+
+
+def test_mode_coverage_class_real_images_never_get():
+    real = _one_hot([0, 1, 2] * 2)  # r_3 = 0
+    samples = _one_hot([0, 1, 2, 3])  # s = 1/4 each
+    covered, kl = mode_coverage(samples, real, 0.1)
+    assert covered == 3
+    expected = 3 * 0.25 * math.log(0.25 / (1 / 3)) + 0.25 * math.log(0.25 / 1e-12)
+    assert kl == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="widths differ"):
+        mode_coverage(samples, real[:, :3], 0.1)
+
+
+# --- memorisation ---------------------------------------------------------------------
+
+
+def test_memorisation_ratio_copies_and_fresh_samples():
+    rng = np.random.default_rng(40)
+    train, test = rng.normal(size=(400, 8)), rng.normal(size=(400, 8))
+    copies = train[:100]
+    assert memorisation_ratio(copies, train, test) == 0.0
+    # Leave-one-out: a training image is then as far from the rest as a fresh one.
+    loo = memorisation_ratio(copies, train, test, exclude=np.arange(100))
+    assert 0.8 < loo < 1.25
+    fresh = memorisation_ratio(rng.normal(size=(400, 8)), train, test)
+    assert 0.85 < fresh < 1.15
+    near_copies = copies + 0.01 * rng.normal(size=copies.shape)
+    assert memorisation_ratio(near_copies, train, test) < 0.05
+    # The median: a minority of far-off samples does not hide a majority of copies.
+    assert memorisation_ratio(np.r_[copies[:3], copies[3:5] + 100.0], train, test) == 0.0
+
+
+def test_memorisation_ratio_rejects_test_that_copies_train():
+    train = np.random.default_rng(41).normal(size=(20, 3))
+    with pytest.raises(ValueError, match="median"):
+        memorisation_ratio(train, train, train[:10])

@@ -21,9 +21,13 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "preprocess": {"image_size": 16},
     "classifier": {"epochs": 1, "feature_dim": 16},
-    "train": {"epochs": 2, "batch_size": 64, "latent_dim": 8, "g_filters": 8, "d_filters": 8},
+    "train": {"epochs": 2, "batch_size": 64, "latent_dim": 8, "g_filters": 8, "d_filters": 8,
+              "eval_every": 1},
     "generate": {"num_samples": 64, "grid_rows": 4, "interp_steps": 4},
+    "probe": {"train_sizes": [100]},
 }
+SUITE = ("frechet_distance", "kid", "kid_std", "precision", "recall", "classifier_score",
+         "modes_covered", "mode_kl", "memorisation_ratio")
 
 
 def _env() -> dict[str, str]:
@@ -43,6 +47,15 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 
 def ran_stages(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+def rerun_after(clone: Path, section: str, key: str, value: object) -> set[str]:
+    """Bring the pipeline up to date, set one param, repro again: the stages that ran."""
+    run(["dvc", "repro"], clone)
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params[section][key] = value
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return ran_stages(run(["dvc", "repro"], clone).stdout)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +85,7 @@ def first_repro(clone: Path) -> str:
 @pytest.mark.slow
 def test_repro_writes_every_output(clone: Path, first_repro: str) -> None:
     assert ran_stages(first_repro) == {
-        "fetch", "preprocess", "classifier", "train", "generate", "evaluate"}
+        "fetch", "preprocess", "classifier", "train", "generate", "evaluate", "probe"}
     for path in ("models/generator.keras", "models/discriminator.keras",
                  "models/classifier.keras", "data/train/progress.gif",
                  "data/generated/grid.png", "data/generated/interpolation.png"):
@@ -82,10 +95,18 @@ def test_repro_writes_every_output(clone: Path, first_repro: str) -> None:
     assert samples.shape == (64, 16, 16, 1) and samples.dtype == np.float32
     assert samples.min() >= -1 and samples.max() <= 1
     metrics = json.loads((clone / "data/metrics.json").read_text())
-    for key in ("frechet_distance", "frechet_distance_real", "classifier_accuracy"):
-        assert math.isfinite(metrics[key]), key
+    for row in (metrics, metrics["floor"], metrics["ceiling_blur"], metrics["ceiling_shuffle"]):
+        for key in SUITE:
+            assert math.isfinite(row[key]), key
+    assert math.isfinite(metrics["classifier_accuracy"]) and metrics["frechet_samples"] == 64
     # Two epochs of a tiny GAN are far from real data; the real-vs-real floor is not.
-    assert metrics["frechet_distance"] > metrics["frechet_distance_real"]
+    assert metrics["frechet_distance"] > metrics["floor"]["frechet_distance"]
+    probe = json.loads((clone / "data/probe.json").read_text())
+    assert probe["probe_train_size"] == 100
+    assert set(probe["probe"]["100"]) == {"discriminator", "random_discriminator", "pixels"}
+    assert 0 <= probe["probe_accuracy"] <= 1
+    quality = (clone / "data/train/quality.csv").read_text().splitlines()
+    assert quality[0] == "epoch,frechet_distance" and len(quality) == 3
 
 
 @pytest.mark.slow
@@ -104,7 +125,11 @@ def test_mlflow_run_holds_params_curves_images_and_model(clone: Path, first_repr
     head = run(["git", "rev-parse", "HEAD"], clone).stdout.strip()
     assert tags["mlflow.source.git.commit"] == head
     assert [m.step for m in client.get_metric_history(run_id, "g_loss")] == [1, 2]
-    assert "frechet_distance" in mlrun.data.metrics
+    for name in ("frechet_distance", "floor.kid", "ceiling_blur.precision", "probe_accuracy",
+                 "probe.100.random_discriminator"):
+        assert name in mlrun.data.metrics, name
+    quality = client.get_metric_history(run_id, "epoch_frechet_distance")
+    assert sorted(m.step for m in quality) == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"train", "generate", "images"} <= artifacts
     # The store lives at the repo root, artifacts beside it.
@@ -120,12 +145,13 @@ def test_second_repro_runs_nothing(clone: Path, first_repro: str) -> None:
 
 @pytest.mark.slow
 def test_generate_param_reruns_only_generate_and_evaluate(clone: Path, first_repro: str) -> None:
-    run(["dvc", "repro"], clone)
-    params = yaml.safe_load((clone / "params.yaml").read_text())
-    params["generate"]["num_samples"] = 80
-    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran_stages(run(["dvc", "repro"], clone).stdout) == {"generate", "evaluate"}
+    assert rerun_after(clone, "generate", "num_samples", 80) == {"generate", "evaluate"}
     assert np.load(clone / "data/generated/samples.npy").shape[0] == 80
+
+
+@pytest.mark.slow
+def test_probe_param_reruns_only_the_probe(clone: Path, first_repro: str) -> None:
+    assert rerun_after(clone, "probe", "seed", 1) == {"probe"}
 
 
 @pytest.mark.slow

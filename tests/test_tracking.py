@@ -237,3 +237,13 @@ def test_log_artifacts_files_and_dirs(store: str, tmp_path: Path) -> None:
     assert top == {"train/history.csv", "train/grids"}
     assert [a.path for a in client.list_artifacts(run_id, "train/grids")] == [
         "train/grids/epoch_0001.png"]
+
+
+def test_nested_metrics_are_logged_with_dotted_names(store: str, tmp_path: Path) -> None:
+    nested = {"fd": 3, "floor": {"fd": 1.5, "modes": None}, "probe": {"100": {"d": 0.9}},
+              "flag": True}
+    assert tracking.flatten_metrics(nested) == {"fd": 3.0, "floor.fd": 1.5, "probe.100.d": 0.9}
+    with tracking.start_run(tmp_path / "run.json", {}, {}) as run_id:
+        tracking.log_metrics(nested)
+    metrics = MlflowClient(store).get_run(run_id).data.metrics
+    assert metrics == {"fd": 3.0, "floor.fd": 1.5, "probe.100.d": 0.9}

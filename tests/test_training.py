@@ -21,7 +21,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from dcgan import data
-from dcgan.config import PreprocessConfig, parse_params
+from dcgan.classifier import fit_classifier
+from dcgan.config import ClassifierConfig, PreprocessConfig, parse_params
 from dcgan.errors import UserError
 from dcgan.training import (
     GRID_ROWS,
@@ -35,7 +36,8 @@ from dcgan.training import (
 
 TINY = {
     "preprocess": {"image_size": 16},
-    "train": {"epochs": 2, "batch_size": 16, "latent_dim": 8, "g_filters": 8, "d_filters": 8},
+    "train": {"epochs": 2, "batch_size": 16, "latent_dim": 8, "g_filters": 8, "d_filters": 8,
+              "eval_every": 1},
 }
 METRICS = {"d_loss", "g_loss", "d_real", "d_fake", "images_per_sec"}
 
@@ -57,11 +59,20 @@ def processed_npz(root: Path, n: int = 80) -> Path:
     return out
 
 
+def classifier_file(root: Path) -> Path:
+    """A real evaluation classifier (one epoch) on `processed_npz(root)`, made once per root."""
+    out = root / "models" / "classifier.keras"
+    if not out.exists():
+        fit_classifier(ClassifierConfig(epochs=1, feature_dim=8), processed_npz(root), out)
+    return out
+
+
 def outputs(root: Path) -> TrainOutputs:
     return TrainOutputs(
         generator=root / "models" / "generator.keras",
         discriminator=root / "models" / "discriminator.keras",
         history=root / "reports" / "history.csv",
+        quality=root / "reports" / "quality.csv",
         grids=root / "reports" / "grids",
         gif=root / "reports" / "progress.gif",
         run_file=root / "models" / "run.json",
@@ -82,7 +93,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         data_file = processed_npz(root)
         params = parse_params(TINY)
         out = outputs(root)
-        result = train(params, data_file, out)
+        result = train(params, data_file, classifier_file(root), out)
         yield SimpleNamespace(root=root, params=params, data_file=data_file, out=out,
                               result=result, client=MlflowClient(uri))
 
@@ -159,12 +170,82 @@ def test_mlflow_run(trained) -> None:
 def test_mlflow_artifacts(trained) -> None:
     client, run_id = trained.client, trained.result["run_id"]
     logged = {a.path for a in client.list_artifacts(run_id, "train")}
-    assert logged == {"train/history.csv", "train/progress.gif", "train/discriminator.keras"}
+    assert logged == {"train/history.csv", "train/quality.csv", "train/progress.gif",
+                      "train/discriminator.keras"}
     images = [a.path for a in client.list_artifacts(run_id, "images")]
     assert images, "the per-epoch grids are logged with mlflow.log_image"
     run = client.get_run(run_id)
     models = client.search_logged_models([run.info.experiment_id])
     assert [m.name for m in models if m.source_run_id == run_id] == ["generator"]
+
+
+# ---------------------------------------------------------------- quality over training
+
+
+def test_quality_csv_and_step_metric(trained) -> None:
+    quality = pd.read_csv(trained.out.quality)
+    assert quality.columns.tolist() == ["epoch", "frechet_distance"]
+    assert quality["epoch"].tolist() == [1, 2]  # eval_every 1
+    assert np.isfinite(quality["frechet_distance"]).all()
+    assert (quality["frechet_distance"] > 0).all()
+    history = trained.client.get_metric_history(trained.result["run_id"],
+                                                "epoch_frechet_distance")
+    logged = sorted((m.step, m.value) for m in history)
+    assert [step for step, _ in logged] == [1, 2]
+    assert [v for _, v in logged] == pytest.approx(quality["frechet_distance"].tolist())
+
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # dead ReLU features
+def test_quality_point_matches_an_independent_computation(trained) -> None:
+    # The last point recomputed here from the saved G and classifier: same noise stream,
+    # same real subset, FD from scipy's sqrtm instead of the package's eigh route.
+    from scipy.linalg import sqrtm
+
+    from dcgan.classifier import feature_extractor
+    from dcgan.training import QUALITY_SAMPLES
+
+    test_x = data.load_processed(trained.data_file).test_x
+    rng = np.random.default_rng([trained.params.train.seed, 1])
+    n = min(QUALITY_SAMPLES, len(test_x))
+    real = test_x[np.sort(rng.choice(len(test_x), size=n, replace=False))]
+    noise = rng.standard_normal((n, 8)).astype(np.float32)
+    features = feature_extractor(keras.saving.load_model(trained.root / "models" /
+                                                         "classifier.keras"))
+    fake = keras.saving.load_model(trained.out.generator).predict(noise, verbose=0)
+    f1, f2 = (features.predict(x, verbose=0).astype(np.float64) for x in (fake, real))
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    diff = f1.mean(0) - f2.mean(0)
+    expected = diff @ diff + np.trace(s1 + s2 - 2 * sqrtm(s1 @ s2).real)
+    last = pd.read_csv(trained.out.quality)["frechet_distance"].iloc[-1]
+    assert last == pytest.approx(expected, rel=1e-3, abs=1e-6)
+
+
+def test_quality_every_n_epochs_and_off(trained, tmp_path: Path) -> None:
+    # eval_every 2 of 2 epochs: one point; 0: a header-only CSV, the classifier unread,
+    # and the same weights as the run that evaluated every epoch (evaluation is passive).
+    every2 = {**TINY, "train": {**TINY["train"], "eval_every": 2}}
+    out, error = _train_in(tmp_path / "every2", params=every2)
+    assert error is None
+    assert pd.read_csv(out.quality)["epoch"].tolist() == [2]
+    off = {**TINY, "train": {**TINY["train"], "eval_every": 0}}
+    out, error = _train_in(tmp_path / "off", params=off)
+    assert error is None
+    assert out.quality.read_text() == "epoch,frechet_distance\n"
+    for a, b in zip(generator_weights(trained.out.generator), generator_weights(out.generator),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_classifier_for_other_images_is_rejected(tmp_path: Path) -> None:
+    classifier = tmp_path / "models" / "classifier.keras"
+    from dcgan.classifier import build_classifier
+    from dcgan.model import save_model
+
+    save_model(build_classifier((8, 8, 1), 10, 4), classifier)
+    out, error = _train_in(tmp_path)
+    assert isinstance(error, UserError)
+    assert "expects images of shape (8, 8, 1), the data has (16, 16, 1)" in str(error)
+    assert not out.run_file.exists()
 
 
 def test_batch_larger_than_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -174,18 +255,20 @@ def test_batch_larger_than_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     params = parse_params({**TINY, "train": {**TINY["train"], "batch_size": 65}})
     out = outputs(tmp_path)
     with pytest.raises(UserError, match=r"train.batch_size = 65 exceeds the 64 training"):
-        train(params, data_file, out)
+        train(params, data_file, classifier_file(tmp_path), out)
     assert not out.run_file.exists()  # failed before any MLflow run was opened
 
 
 # ---------------------------------------------------------------- reproducibility and resume
 
 
-def _train_in(root: Path, setup=None) -> tuple[TrainOutputs, BaseException | None]:
-    """train() with the module's params and data in `root`, its store at root/mlflow.db.
+def _train_in(root: Path, setup=None, params: dict = TINY
+              ) -> tuple[TrainOutputs, BaseException | None]:
+    """train() with `params` and the module's data in `root`, its store at root/mlflow.db.
 
     `setup(out)` runs first (to put an obstacle in the way); returns the outputs and the
     exception train() raised, if any."""
+    root.mkdir(parents=True, exist_ok=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
@@ -194,7 +277,10 @@ def _train_in(root: Path, setup=None) -> tuple[TrainOutputs, BaseException | Non
         if setup:
             setup(out)
         try:
-            train(parse_params(TINY), data_file, out)
+            # With eval_every 0 the classifier is never read: pass a path with nothing there.
+            clf = (classifier_file(root) if params["train"].get("eval_every")
+                   else root / "no-classifier.keras")
+            train(parse_params(params), data_file, clf, out)
         except Exception as err:  # handed to the test to check
             return out, err
     return out, None

@@ -2,7 +2,15 @@
 
 `evaluate()` is called by stages/evaluate.py (run by DVC). It writes the metrics
 JSON that dvc.yaml declares and logs the same numbers to the model's MLflow run.
-The maths lives in `dcgan.metrics`.
+The maths lives in `dcgan.metrics` and `dcgan.neighbours`; this module picks the image sets.
+
+Every set is scored against the same reference, N real test images, with N the
+smallest of the sample, train and test counts (FD, KID and precision/recall
+depend on N, so rows compare only at equal N):
+- the top level: the generated samples;
+- `floor`: N real training images, the best a generator can do;
+- `ceiling_blur` and `ceiling_shuffle`: test images Gaussian-blurred, or with their
+  pixels shuffled: crude fakes that give every number its scale from above.
 """
 
 from __future__ import annotations
@@ -10,57 +18,110 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
+from scipy.ndimage import gaussian_filter
+from scipy.special import softmax
 
-from dcgan import tracking
-from dcgan.classifier import accuracy, feature_extractor
+from dcgan import metrics, neighbours, tracking
+from dcgan.classifier import FEATURES_LAYER, accuracy
 from dcgan.config import EvaluateConfig
 from dcgan.data import load_processed
 from dcgan.errors import UserError
-from dcgan.metrics import frechet_distance_of
 from dcgan.model import load_model
 
 log = logging.getLogger(__name__)
 
+# Kynkäänniemi et al. 2019 use k = 3 for improved precision and recall.
+PR_NEIGHBOURS = 3
+# The Inception score's customary 10 splits.
+SCORE_SPLITS = 10
 
-def _subsample(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """`n` rows of `x` drawn without replacement (all of them, reordered, if n == len)."""
-    return x[np.sort(rng.choice(len(x), size=n, replace=False))]
+
+@dataclass(frozen=True)
+class Embedded:
+    """A set of images in the classifier's spaces: penultimate features and p(y | x)."""
+
+    features: np.ndarray  # (N, D)
+    probs: np.ndarray  # (N, K)
 
 
-def evaluate_generator(
-    feature_model: keras.Model,
-    samples: np.ndarray,
-    real_train: np.ndarray,
-    real_test: np.ndarray,
-    batch_size: int,
-    seed: int = 0,
-) -> dict:
-    """Fréchet classifier distance of generated samples, with the real-vs-real floor.
-
-    FD is biased upwards at small N, so both numbers use the same N, the smallest of
-    the three set sizes, and each set is subsampled to N with a seeded generator.
-    The floor, real train vs real test, gives the sample number its scale.
-
-    Args:
-        feature_model: images -> (B, D) features, from `classifier.feature_extractor`.
-        samples: generated images, float32 NHWC in [-1, 1].
-        real_train: real training images of the same shape.
-        real_test: real held-out images of the same shape.
-        batch_size: images per forward pass of `feature_model`.
-        seed: seed of the subsampling.
-
-    Returns:
-        {"frechet_distance": FD(samples, real_test),
-         "frechet_distance_real": FD(real_train, real_test),
-         "frechet_samples": N}.
+def embed(classifier: keras.Model, images: np.ndarray, batch_size: int) -> Embedded:
+    """Features and class probabilities of `images` in one forward pass.
 
     Raises:
-        UserError: if sample, data and classifier image shapes disagree, or N < 2.
+        UserError: if the classifier has no "features" layer.
     """
+    try:
+        features = classifier.get_layer(FEATURES_LAYER).output
+    except ValueError:
+        raise UserError(
+            f"model {classifier.name!r} has no {FEATURES_LAYER!r} layer; retrain the classifier"
+        ) from None
+    both = keras.Model(classifier.input, [features, classifier.output])
+    feats, logits = both.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0)
+    return Embedded(feats.astype(np.float64), softmax(logits.astype(np.float64), axis=-1))
+
+
+def blurred(images: np.ndarray) -> np.ndarray:
+    """The blur ceiling: each image Gaussian-blurred with sigma = side / 16 pixels
+    (1.75 px at 28 px), which keeps the layout and kills the strokes' detail."""
+    sigma = images.shape[1] / 16
+    return gaussian_filter(images, sigma=(0, sigma, sigma, 0), mode="nearest").astype(np.float32)
+
+
+def pixel_shuffled(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The shuffle ceiling: each image's pixel positions permuted (its own permutation),
+    keeping its intensity histogram and destroying all structure."""
+    n, h, w, c = images.shape
+    order = rng.permuted(np.tile(np.arange(h * w), (n, 1)), axis=1)  # (N, H*W)
+    flat = images.reshape(n, h * w, c)
+    return np.take_along_axis(flat, order[:, :, None], axis=1).reshape(images.shape)
+
+
+def score(candidate: Embedded, reference: Embedded, train: Embedded, cfg: EvaluateConfig,
+          labelled: bool, exclude: np.ndarray | None = None) -> dict:
+    """Every metric of one candidate set against the real reference set.
+
+    Args:
+        candidate: the set being judged (N images).
+        reference: N real test images.
+        train: all real training images (the memorisation check's database).
+        cfg: KID subsets, mode threshold and seed.
+        labelled: False for data without labels: class metrics are then None.
+        exclude: for a candidate drawn from the training set, each row's index in
+            `train`, so its nearest neighbour is another image, not itself.
+    """
+    kid, kid_std = metrics.kid(candidate.features, reference.features, cfg.kid_subsets,
+                               cfg.kid_subset_size, cfg.seed)
+    precision, recall = neighbours.precision_recall(reference.features, candidate.features,
+                                                 PR_NEIGHBOURS)
+    result = {
+        "frechet_distance": metrics.frechet_distance_of(candidate.features, reference.features),
+        "kid": kid,
+        "kid_std": kid_std,
+        "precision": precision,
+        "recall": recall,
+        "memorisation_ratio": neighbours.memorisation_ratio(
+            candidate.features, train.features, reference.features, exclude
+        ),
+        "classifier_score": None,
+        "modes_covered": None,
+        "mode_kl": None,
+    }
+    if labelled:
+        result["classifier_score"] = metrics.classifier_score(candidate.probs, SCORE_SPLITS)[0]
+        result["modes_covered"], result["mode_kl"] = metrics.mode_coverage(
+            candidate.probs, reference.probs, cfg.mode_min_share
+        )
+    return result
+
+
+def _check_shapes(classifier: keras.Model, samples: np.ndarray, real_train: np.ndarray,
+                  real_test: np.ndarray) -> None:
     data_shape = tuple(real_test.shape[1:])
     if tuple(samples.shape[1:]) != data_shape:
         raise UserError(
@@ -72,32 +133,61 @@ def evaluate_generator(
             f"train images {tuple(real_train.shape[1:])} and test images {data_shape} "
             "differ in shape; re-run preprocess"
         )
-    expected = tuple(feature_model.input_shape[1:])
+    expected = tuple(classifier.input_shape[1:])
     if expected != data_shape:
         raise UserError(
             f"evaluation classifier expects images of shape {expected}, data has "
             f"{data_shape}; retrain the classifier"
         )
+
+
+def evaluate_generator(classifier: keras.Model, samples: np.ndarray, real_train: np.ndarray,
+                       real_test: np.ndarray, cfg: EvaluateConfig, labelled: bool = True) -> dict:
+    """Score generated samples, with the floor and ceiling rows, at one common N.
+
+    Args:
+        classifier: the evaluation classifier (logits output, a "features" layer).
+        samples: generated images, float32 NHWC in [-1, 1].
+        real_train: real training images of the same shape.
+        real_test: real held-out images of the same shape (the reference).
+        cfg: the evaluate params.
+        labelled: whether the classifier was trained on labels (class metrics need it).
+
+    Returns:
+        The generated set's metrics at the top level, `frechet_samples` = N, and the
+        same metrics under "floor", "ceiling_blur" and "ceiling_shuffle".
+
+    Raises:
+        UserError: if sample, data and classifier image shapes disagree, or N < 4.
+    """
+    _check_shapes(classifier, samples, real_train, real_test)
     n = min(len(samples), len(real_train), len(real_test))
-    if n < 2:
-        raise UserError(f"need at least 2 images in each set for a Fréchet distance, got {n}")
-    rng = np.random.default_rng(seed)
-    feats = [
-        feature_model.predict(
-            _subsample(np.asarray(x, np.float32), n, rng), batch_size=batch_size, verbose=0
-        )
-        for x in (samples, real_train, real_test)
-    ]
-    if n <= feats[0].shape[1]:
-        # Covariances from N <= D points are singular, so the distance is dominated by bias.
-        log.warning(
-            "only %d images for %d-d features: Fréchet distance is unreliable", n, feats[0].shape[1]
-        )
-    return {
-        "frechet_distance": frechet_distance_of(feats[0], feats[2]),
-        "frechet_distance_real": frechet_distance_of(feats[1], feats[2]),
+    if n <= PR_NEIGHBOURS:
+        raise UserError(f"need at least {PR_NEIGHBOURS + 1} images in each set to evaluate, "
+                        f"got {n}; raise generate.num_samples or use more data")
+    rng = np.random.default_rng(cfg.seed)
+    pick = {name: np.sort(rng.choice(len(x), size=n, replace=False))
+            for name, x in (("samples", samples), ("train", real_train), ("test", real_test))}
+    test = real_test[pick["test"]]
+
+    def embed_(images: np.ndarray) -> Embedded:
+        return embed(classifier, images, cfg.batch_size)
+
+    reference, train = embed_(test), embed_(real_train)
+    if n <= reference.features.shape[1]:
+        # Covariances from N <= D points are singular, so FD is dominated by bias.
+        log.warning("only %d images for %d-d features: Fréchet distance is unreliable",
+                    n, reference.features.shape[1])
+    floor = Embedded(train.features[pick["train"]], train.probs[pick["train"]])
+    result = {
+        **score(embed_(samples[pick["samples"]]), reference, train, cfg, labelled),
         "frechet_samples": n,
+        "floor": score(floor, reference, train, cfg, labelled, exclude=pick["train"]),
+        "ceiling_blur": score(embed_(blurred(test)), reference, train, cfg, labelled),
+        "ceiling_shuffle": score(embed_(pixel_shuffled(test, rng)), reference, train, cfg,
+                                 labelled),
     }
+    return result
 
 
 def load_samples(path: Path) -> np.ndarray:
@@ -112,13 +202,31 @@ def load_samples(path: Path) -> np.ndarray:
         raise UserError(f"{path}: cannot read samples ({err}); run the generate stage") from None
 
 
+def _inception(cfg: EvaluateConfig, samples: np.ndarray, real_test: np.ndarray) -> dict:
+    """True FID and IS when `evaluate.inception` names weights (see `dcgan.inception`)."""
+    from dcgan import inception  # InceptionV3 is only built when asked for
+
+    model, verified = inception.load_inception(cfg.inception)
+    n = min(len(samples), len(real_test))
+    return inception.inception_metrics(model, verified, samples[:n], real_test[:n],
+                                       cfg.batch_size)
+
+
+def write_json(result: dict, path: Path) -> None:
+    """Write a metrics file atomically: a failed stage never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def evaluate(cfg: EvaluateConfig, data_file: Path, samples_file: Path, classifier_path: Path,
              metrics_file: Path, run_file: Path) -> dict:
     """The evaluate stage: score samples, write the DVC metrics JSON, log to the MLflow run.
 
     Returns:
-        The metrics: frechet_distance, frechet_distance_real (the real-vs-real floor),
-        frechet_samples (N of both) and classifier_accuracy (None for unlabelled data).
+        The metrics of `evaluate_generator`, plus classifier_accuracy (None for
+        unlabelled data) and, when `cfg.inception` is set, the Inception metrics.
 
     Raises:
         UserError: if an input is missing or shapes disagree.
@@ -126,15 +234,15 @@ def evaluate(cfg: EvaluateConfig, data_file: Path, samples_file: Path, classifie
     data = load_processed(data_file)
     samples = load_samples(samples_file)
     classifier = load_model(classifier_path, remedy="run the classifier stage first")
+    # Score first, then open the run: an error here must not mark the training run FAILED.
+    result = evaluate_generator(classifier, samples, data.train_x, data.test_x, cfg,
+                                labelled=data.labelled)
+    result["classifier_accuracy"] = accuracy(classifier, data.test_x, data.test_y,
+                                             cfg.batch_size)
+    if cfg.inception is not None:
+        result["inception"] = _inception(cfg, samples, data.test_x)
     with tracking.resume_run(run_file):
         tracking.tag_params({f"evaluate.{k}": v for k, v in cfg.model_dump().items()})
-        result = evaluate_generator(feature_extractor(classifier), samples, data.train_x,
-                                    data.test_x, cfg.batch_size)
-        result["classifier_accuracy"] = accuracy(classifier, data.test_x, data.test_y,
-                                                 cfg.batch_size)
-        metrics_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = metrics_file.with_name(f".{metrics_file.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, metrics_file)
+        write_json(result, metrics_file)
         tracking.log_metrics(result)
     return result

@@ -105,10 +105,23 @@ def tag_params(params: dict[str, Any]) -> None:
     mlflow.set_tags({k: "null" if v is None else str(v) for k, v in params.items()})
 
 
-def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    """Log numeric metrics to the active run, skipping non-numbers such as None."""
-    numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-    mlflow.log_metrics(numeric, step=step)
+def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Nested metrics as flat `a.b.c` names (as `dvc metrics show` names them), numbers
+    only: None and other non-numbers (e.g. an unlabelled dataset's class metrics) are left out.
+    """
+    flat = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_metrics(value, f"{name}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
+
+
+def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
+    """Log numeric metrics to the active run; nested dicts become dotted names."""
+    mlflow.log_metrics(flatten_metrics(metrics), step=step)
 
 
 def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:

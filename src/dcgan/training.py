@@ -3,6 +3,8 @@
 The train stage calls `train()`. Per epoch it writes a fixed-noise sample
 grid, a row of history.csv (G and D loss, D(x), D(G(z)), images per second)
 and a checkpoint from which an interrupted run resumes at the next epoch.
+Every `train.eval_every` epochs it adds the Fréchet distance of a fixed sample
+to quality.csv and the MLflow run, so users see when training peaks or collapses.
 At the end it writes a GIF of the grids and saves G and D as `.keras` files.
 """
 
@@ -21,13 +23,18 @@ import numpy as np
 import tensorflow as tf
 
 from dcgan import tracking
+from dcgan.classifier import feature_extractor
 from dcgan.config import Params, TrainConfig, flatten
 from dcgan.data import file_md5, load_processed
 from dcgan.errors import UserError
-from dcgan.model import build_gan, save_model
+from dcgan.metrics import frechet_distance, gaussian_stats
+from dcgan.model import build_gan, load_model, save_model
 from dcgan.sampling import image_grid, make_gif, save_image
 
 GRID_ROWS = 8  # the per-epoch grid shows GRID_ROWS x GRID_ROWS samples
+# Images in the quality-over-training Fréchet distance: the evaluate stage's default N,
+# so the last point compares with the evaluate stage's number (FD depends on N).
+QUALITY_SAMPLES = 1000
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class TrainOutputs:
     generator: Path
     discriminator: Path
     history: Path
+    quality: Path
     grids: Path
     gif: Path
     run_file: Path
@@ -92,6 +100,39 @@ class EpochGrid(keras.callbacks.Callback):
         save_image(image_grid(np.asarray(images), GRID_ROWS), path)
 
 
+class QualityMonitor(keras.callbacks.Callback):
+    """Every `every` epochs (and after the last), the Fréchet distance between G's
+    samples from one fixed noise batch and real test images, in the evaluation
+    classifier's features: a row of the quality CSV and the MLflow step metric
+    `epoch_frechet_distance` (the evaluate stage's `frechet_distance` stays the final one).
+    """
+
+    def __init__(self, features: keras.Model, real_test: np.ndarray, latent_dim: int,
+                 every: int, path: Path, seed: int, batch_size: int = 256):
+        super().__init__()
+        self.features, self.every, self.path, self.batch_size = features, every, path, batch_size
+        rng = np.random.default_rng([seed, 1])  # a stream apart from the grid's noise
+        n = min(QUALITY_SAMPLES, len(real_test))
+        real = real_test[np.sort(rng.choice(len(real_test), size=n, replace=False))]
+        self.real_stats = gaussian_stats(self._features(real))
+        self.noise = rng.standard_normal((n, latent_dim)).astype(np.float32)
+
+    def _features(self, images: np.ndarray) -> np.ndarray:
+        return self.features.predict(images, batch_size=self.batch_size, verbose=0)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        done = epoch + 1
+        if done % self.every and done != self.params["epochs"]:
+            return
+        images = self.model.generator.predict(self.noise, batch_size=self.batch_size, verbose=0)
+        fd = frechet_distance(*gaussian_stats(self._features(images)), *self.real_stats)
+        # The first point starts the file afresh; later ones (also after a resume) append.
+        new = done <= self.every or not self.path.exists()
+        with open(self.path, "w" if new else "a") as f:
+            f.write(f"epoch,frechet_distance\n{done},{fd}\n" if new else f"{done},{fd}\n")
+        tracking.log_metrics({"epoch_frechet_distance": fd}, step=done)
+
+
 def seed_everything(seed: int, precision: str) -> None:
     """Seed Python, NumPy and TF, make TF ops deterministic, and set the dtype policy."""
     keras.utils.set_random_seed(seed)
@@ -126,8 +167,8 @@ def checkpoint_dir(root: Path, cfg: TrainConfig, data_md5: str) -> Path:
     return root / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def _callbacks(cfg: TrainConfig, out: TrainOutputs, ckpt: Path,
-               images_per_epoch: int) -> list[keras.callbacks.Callback]:
+def _callbacks(cfg: TrainConfig, out: TrainOutputs, ckpt: Path, images_per_epoch: int,
+               quality: QualityMonitor | None) -> list[keras.callbacks.Callback]:
     noise = np.random.default_rng(cfg.seed).standard_normal((GRID_ROWS**2, cfg.latent_dim))
     out.history.parent.mkdir(parents=True, exist_ok=True)
     # Order matters: Throughput adds `images_per_sec` to the logs that HistoryCSV and
@@ -137,16 +178,36 @@ def _callbacks(cfg: TrainConfig, out: TrainOutputs, ckpt: Path,
         EpochGrid(noise.astype(np.float32), out.grids),
         keras.callbacks.BackupAndRestore(str(ckpt)),
         HistoryCSV(out.history),
+        *([quality] if quality else []),
         tracking.EpochLogger(out.grids),
     ]
 
 
-def train(params: Params, data_file: Path, out: TrainOutputs) -> dict:
+def _quality_monitor(cfg: TrainConfig, classifier_path: Path, real_test: np.ndarray,
+                     path: Path) -> QualityMonitor | None:
+    """The quality-over-training callback, or None (and a header-only CSV) when off."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.eval_every == 0:
+        path.write_text("epoch,frechet_distance\n")
+        return None
+    classifier = load_model(classifier_path, remedy="run `dvc repro classifier` first")
+    if tuple(classifier.input_shape[1:]) != real_test.shape[1:]:
+        raise UserError(
+            f"{classifier_path} expects images of shape {tuple(classifier.input_shape[1:])}, "
+            f"the data has {real_test.shape[1:]}; rerun the classifier stage"
+        )
+    return QualityMonitor(feature_extractor(classifier), real_test, cfg.latent_dim,
+                          cfg.eval_every, path, cfg.seed)
+
+
+def train(params: Params, data_file: Path, classifier_path: Path, out: TrainOutputs) -> dict:
     """Train the DCGAN on the processed data and write every train output.
 
     Args:
         params: the whole validated params; fetch, preprocess and train are logged.
         data_file: the preprocess stage's npz.
+        classifier_path: the classifier stage's model, whose features the
+            quality-over-training Fréchet distance uses (unread if train.eval_every is 0).
         out: output paths.
 
     Returns:
@@ -163,8 +224,9 @@ def train(params: Params, data_file: Path, out: TrainOutputs) -> dict:
     dataset = input_pipeline(data.train_x, cfg)
     gan = build_gan(cfg, data.image_shape)
     images_per_epoch = (len(data.train_x) // cfg.batch_size) * cfg.batch_size
+    quality = _quality_monitor(cfg, classifier_path, data.test_x, out.quality)
     callbacks = _callbacks(cfg, out, checkpoint_dir(out.checkpoints, cfg, data_md5),
-                           images_per_epoch)
+                           images_per_epoch, quality)
     tags = {"dataset": params.fetch.dataset, "data_md5": data_md5, "arch": cfg.arch}
     run_name = f"{cfg.arch}-{params.fetch.dataset}-{params.preprocess.image_size}px"
     # 2. Train inside the MLflow run; it is marked FAILED if anything raises.
@@ -180,7 +242,7 @@ def train(params: Params, data_file: Path, out: TrainOutputs) -> dict:
         make_gif(sorted(out.grids.glob("epoch_*.png")), out.gif)
         save_model(gan.generator, out.generator)
         save_model(gan.discriminator, out.discriminator)
-        tracking.log_artifacts([out.history, out.gif, out.discriminator], "train")
+        tracking.log_artifacts([out.history, out.quality, out.gif, out.discriminator], "train")
         tracking.log_generator(gan.generator)
     last = {k: float(v[-1]) for k, v in history.history.items()}
     return {"run_id": run_id, **last}

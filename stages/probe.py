@@ -1,0 +1,24 @@
+"""Stage probe: the paper's linear probe on the discriminator's features (section 5.1).
+
+Fits a linear L2-SVM on D's pooled conv activations, a random D's and raw pixels for a
+few labelled training-set sizes, writes the metrics JSON that dvc.yaml declares, and
+logs the same numbers to the model's MLflow run. Run by DVC (see dvc.yaml).
+"""
+
+import json
+
+from dcgan.probe import probe
+from dcgan.stage import stage_args, stage_main
+
+
+def main() -> None:
+    params, args = stage_args(__doc__, "data", "discriminator", "metrics", "run_file")
+    metrics = probe(
+        params.probe, data_file=args.data, discriminator_path=args.discriminator,
+        metrics_file=args.metrics, run_file=args.run_file,
+    )
+    print(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    stage_main(main)
