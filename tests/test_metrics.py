@@ -392,3 +392,22 @@ def test_memorisation_ratio_rejects_test_that_copies_train():
     train = np.random.default_rng(41).normal(size=(20, 3))
     with pytest.raises(ValueError, match="median"):
         memorisation_ratio(train, train, train[:10])
+
+
+def test_fast_nn_search_matches_exact_on_pixel_like_rows():
+    # float32 ranking on wide rows in [-1, 1] (pixels): the neighbours found are the exact
+    # ones up to near-ties, and the distances returned are exact for them.
+    rng = np.random.default_rng(11)
+    database = rng.uniform(-1, 1, size=(300, 784))
+    queries = np.concatenate([database[:20], rng.uniform(-1, 1, size=(50, 784))])
+    exact, fast = nn_distances(queries, database), nn_distances(queries, database, fast=True)
+    np.testing.assert_allclose(fast, exact, rtol=1e-6)
+    assert (fast[:20] == 0).all()  # copies are still found as copies
+
+
+def test_memorisation_ratio_with_precomputed_test_distances():
+    rng = np.random.default_rng(12)
+    train, test, samples = (rng.normal(size=(n, 5)) for n in (200, 60, 40))
+    shared = nn_distances(test, train)
+    assert memorisation_ratio(samples, train, None, test_distances=shared) == pytest.approx(
+        memorisation_ratio(samples, train, test))

@@ -106,7 +106,8 @@ class EvaluateConfig(_Section):
     seed: int = Field(0, ge=0, description="seed of subsampling, KID subsets and the ceilings")
     kid_subsets: int = Field(100, ge=1, le=10000, description="random subsets KID averages over")
     kid_subset_size: int = Field(
-        1000, ge=2, le=100000, description="images per KID subset (capped at the set size)"
+        500, ge=2, le=100000,
+        description="images per KID subset (capped at N; below N, so that subsets differ)",
     )
     mode_min_share: float = Field(
         0.25, gt=0, le=1,

@@ -118,13 +118,19 @@ class QualityMonitor(keras.callbacks.Callback):
         self.noise = rng.standard_normal((n, latent_dim)).astype(np.float32)
 
     def _features(self, images: np.ndarray) -> np.ndarray:
-        return self.features.predict(images, batch_size=self.batch_size, verbose=0)
+        return self._forward(self.features, images)
+
+    def _forward(self, model: keras.Model, x: np.ndarray) -> np.ndarray:
+        # Direct calls, not predict(): inside fit(), predict's tf.data graph makes TF log a
+        # spurious "E0000 ... node_def_util" line at every evaluation.
+        return np.concatenate([np.asarray(model(x[i:i + self.batch_size], training=False))
+                               for i in range(0, len(x), self.batch_size)])
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         done = epoch + 1
         if done % self.every and done != self.params["epochs"]:
             return
-        images = self.model.generator.predict(self.noise, batch_size=self.batch_size, verbose=0)
+        images = self._forward(self.model.generator, self.noise)
         fd = frechet_distance(*gaussian_stats(self._features(images)), *self.real_stats)
         # The first point starts the file afresh; later ones (also after a resume) append.
         new = done <= self.every or not self.path.exists()

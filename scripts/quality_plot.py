@@ -1,0 +1,35 @@
+"""Draw the quality-over-training curve with the metric's floor and ceilings, for the README.
+
+Run from the repo root after `dvc repro` (scripts/readme_images.sh calls it):
+    python scripts/quality_plot.py docs/quality.png
+Reads data/train/quality.csv (train.eval_every) and data/metrics.json (evaluate).
+"""
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+out = sys.argv[1] if len(sys.argv) > 1 else "docs/quality.png"
+quality = pd.read_csv("data/train/quality.csv")
+metrics = json.loads(Path("data/metrics.json").read_text())
+fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+ax.plot(quality["epoch"], quality["frechet_distance"], marker="o", label="generator (fixed sample)")
+for row, style, name in (("ceiling_shuffle", ":", "pixel-shuffled test images"),
+                         ("ceiling_blur", "-.", "blurred test images"),
+                         ("floor", "--", "real train images (floor)")):
+    ax.axhline(metrics[row]["frechet_distance"], linestyle=style, color="grey")
+    ax.annotate(name, (quality["epoch"].iloc[0], metrics[row]["frechet_distance"]),
+                textcoords="offset points", xytext=(0, 4), fontsize=8, color="dimgrey")
+ax.set_yscale("log")
+ax.set_xlabel("epoch")
+ax.set_ylabel("Fréchet distance to real test images\n(classifier features, log scale)")
+ax.set_title("Quality over training (lower is better)")
+ax.grid(alpha=0.3)
+fig.tight_layout()
+fig.savefig(out)
+print(out)
