@@ -19,12 +19,12 @@ quality = pd.read_csv("data/train/quality.csv")
 metrics = json.loads(Path("data/metrics.json").read_text())
 fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
 ax.plot(quality["epoch"], quality["frechet_distance"], marker="o", label="generator (fixed sample)")
-for row, style, name in (("ceiling_shuffle", ":", "pixel-shuffled test images"),
-                         ("ceiling_blur", "-.", "blurred test images"),
-                         ("floor", "--", "real train images (floor)")):
+for row, style, name, dy in (("ceiling_shuffle", ":", "pixel-shuffled test images", 4),
+                             ("ceiling_blur", "-.", "blurred test images", -11),
+                             ("floor", "--", "real train images (floor)", 4)):
     ax.axhline(metrics[row]["frechet_distance"], linestyle=style, color="grey")
     ax.annotate(name, (quality["epoch"].iloc[0], metrics[row]["frechet_distance"]),
-                textcoords="offset points", xytext=(0, 4), fontsize=8, color="dimgrey")
+                textcoords="offset points", xytext=(0, dy), fontsize=8, color="dimgrey")
 ax.set_yscale("log")
 ax.set_xlabel("epoch")
 ax.set_ylabel("Fréchet distance to real test images\n(classifier features, log scale)")
