@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -25,6 +26,17 @@ from dcgan.evaluation import evaluate_generator
 from dcgan.model import load_model
 
 NUM_SAMPLES = 10_000
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
 
 
 def tiled(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -41,7 +53,7 @@ def timed(name, classifier, samples, train_x, test_x, test_y, cfg, labelled) -> 
     return {"case": name, "samples": len(samples), "train": len(train_x), "test": len(test_x),
             "n": result["frechet_samples"], "seconds": round(seconds, 2),
             "frechet_distance": round(result["frechet_distance"], 3),
-            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+            "cpu": cpu_model(), "cores": os.cpu_count()}
 
 
 def main() -> None:

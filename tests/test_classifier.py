@@ -12,7 +12,6 @@ import pytest
 
 from dcgan.classifier import (
     build_classifier,
-    class_probabilities,
     feature_extractor,
     train_classifier,
 )
@@ -89,15 +88,6 @@ def test_unlabelled_data_gives_seeded_random_network(data):
     assert model.output_shape == (None, 1)
     assert feature_extractor(model).output_shape == (None, CFG.feature_dim)
     assert _same_weights(model, again)
-
-
-def test_class_probabilities_are_a_softmax(data, trained):
-    model, _ = trained
-    test_x, test_y = data[2], data[3]
-    probs = class_probabilities(model, test_x, batch_size=8)
-    assert probs.shape == (len(test_x), 2)
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
-    assert np.mean(probs.argmax(axis=1) == test_y) >= 0.9
 
 
 def test_keras_round_trip_keeps_features(tmp_path, data, trained):

@@ -105,6 +105,11 @@ def test_unknown_section_lists_sections() -> None:
         ({"preprocess": {"image_size": 4}}, "preprocess.image_size", "4",
          "greater than or equal to 8"),
         ({"train": {"epochs": 0}}, "train.epochs", "0", "greater than or equal to 1"),
+        ({"train": {"eval_every": -1}}, "train.eval_every", "-1", "greater than or equal to 0"),
+        ({"probe": {"train_sizes": [100, 1]}}, "probe.train_sizes.1", "1",
+         "greater than or equal to 2"),
+        ({"probe": {"train_sizes": []}}, "probe.train_sizes", "[]", "at least 1 item"),
+        ({"evaluate": {"mode_min_share": 0}}, "evaluate.mode_min_share", "0", "greater than 0"),
         # bad literals
         ({"train": {"arch": "wgan"}}, "train.arch", "'wgan'", "'paper' or 'tutorial'"),
         ({"train": {"precision": "float16"}}, "train.precision", "'float16'",

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from scipy.special import softmax
 
 from dcgan.config import ClassifierConfig
 from dcgan.data import load_processed
@@ -185,18 +184,3 @@ def feature_extractor(model: keras.Model) -> keras.Model:
             f"model {model.name!r} has no {FEATURES_LAYER!r} layer; retrain the classifier"
         ) from None
     return keras.Model(model.input, layer.output, name="eval_features")
-
-
-def class_probabilities(model: keras.Model, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Softmax of the classifier's logits, p(y | x) for each image.
-
-    Args:
-        model: the classifier (logits output).
-        x: images, float32 NHWC in [-1, 1].
-        batch_size: images per forward pass.
-
-    Returns:
-        (N, num_classes) float32 probabilities; each row sums to 1.
-    """
-    logits = model.predict(np.asarray(x, dtype=np.float32), batch_size=batch_size, verbose=0)
-    return softmax(logits, axis=-1).astype(np.float32)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -120,20 +120,11 @@ class EvaluateConfig(_Section):
 
 
 class ProbeConfig(_Section):
-    train_sizes: list[int] = Field(
+    train_sizes: list[Annotated[int, Field(ge=2)]] = Field(
         [100, 1000], min_length=1, max_length=10,
         description="labelled training images the linear probe is fitted on (each size)",
     )
     seed: int = Field(0, ge=0, description="seed of the labelled subsets and the random D")
-
-    @model_validator(mode="after")
-    def _sizes_positive(self) -> ProbeConfig:
-        bad = [n for n in self.train_sizes if n < 2]
-        if bad:
-            raise ValueError(
-                f"probe.train_sizes = {self.train_sizes} is invalid: every size must be >= 2"
-            )
-        return self
 
 
 class Params(_Section):

@@ -15,7 +15,6 @@ Processed layout (preprocess's out_file, plain np.savez):
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from PIL import Image, ImageOps
 
 from dcgan.config import FetchConfig, PreprocessConfig
 from dcgan.errors import UserError
+from dcgan.outputs import atomic_path, write_json
 from dcgan.sources import Arrays, load_array_dataset
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -54,7 +54,7 @@ def fetch(cfg: FetchConfig, out_dir: Path, cache_dir: Path) -> dict:
                 "num_classes": 0, "shape": None}
     x, y = load_array_dataset(cfg, cache_dir)
     y = y.astype(np.int64)
-    _atomic_write(out_dir / "images.npz", x=x, y=y)
+    _write_npz(out_dir / "images.npz", x=x, y=y)
     shutil.rmtree(out_dir / "images", ignore_errors=True)
     return {"dataset": cfg.dataset, "count": len(x), "labelled": True,
             "num_classes": int(y.max()) + 1, "shape": list(x.shape[1:])}
@@ -185,7 +185,7 @@ def preprocess(cfg: PreprocessConfig, raw_dir: Path, out_file: Path, stats_file:
                         "image, so change test_fraction or add images")
     order = np.random.default_rng(cfg.seed).permutation(n)
     test, train = order[:n_test], order[n_test:]
-    _atomic_write(Path(out_file), train_x=x[train], train_y=y[train],
+    _write_npz(Path(out_file), train_x=x[train], train_y=y[train],
                   test_x=x[test], test_y=y[test])
     labelled = bool((y >= 0).any())
     stats = {
@@ -197,25 +197,14 @@ def preprocess(cfg: PreprocessConfig, raw_dir: Path, out_file: Path, stats_file:
         "labelled": labelled,
         "num_classes": int(y.max()) + 1 if labelled else 0,  # labels are 0..num_classes-1
     }
-    _atomic_write(Path(stats_file), (json.dumps(stats, indent=2) + "\n").encode())
+    write_json(stats, Path(stats_file))
     return stats
 
 
-def _atomic_write(path: Path, data: bytes | None = None, **arrays: np.ndarray) -> None:
-    """Write bytes, or arrays as npz, to a temp file beside `path`, then rename it over."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkstemp: its mode 0600 would stick to the output after the rename.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            if data is None:
-                np.savez(f, **arrays)  # to a file object: no ".npz" appended to the name
-            else:
-                f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write arrays as an npz, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)  # to a file object: no ".npz" appended to the name
 
 
 @dataclass(frozen=True)

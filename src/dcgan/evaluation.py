@@ -20,9 +20,7 @@ where in pixels the two score 2.59 and 1.26 (real images: 1.00).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +30,12 @@ from scipy.ndimage import gaussian_filter
 from scipy.special import softmax
 
 from dcgan import metrics, neighbours, tracking
-from dcgan.classifier import FEATURES_LAYER, accuracy
+from dcgan.classifier import accuracy, feature_extractor
 from dcgan.config import EvaluateConfig
 from dcgan.data import load_processed
 from dcgan.errors import UserError
 from dcgan.model import load_model
+from dcgan.outputs import write_json
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +65,7 @@ def embed(classifier: keras.Model, images: np.ndarray, batch_size: int) -> Embed
     Raises:
         UserError: if the classifier has no "features" layer.
     """
-    try:
-        features = classifier.get_layer(FEATURES_LAYER).output
-    except ValueError:
-        raise UserError(
-            f"model {classifier.name!r} has no {FEATURES_LAYER!r} layer; retrain the classifier"
-        ) from None
+    features = feature_extractor(classifier).output
     both = keras.Model(classifier.input, [features, classifier.output])
     feats, logits = both.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0)
     return Embedded(feats.astype(np.float64), softmax(logits.astype(np.float64), axis=-1),
@@ -230,14 +224,6 @@ def _inception(cfg: EvaluateConfig, samples: np.ndarray, real_test: np.ndarray) 
     n = min(len(samples), len(real_test))
     return inception.inception_metrics(model, verified, samples[:n], real_test[:n],
                                        cfg.batch_size)
-
-
-def write_json(result: dict, path: Path) -> None:
-    """Write a metrics file atomically: a failed stage never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def evaluate(cfg: EvaluateConfig, data_file: Path, samples_file: Path, classifier_path: Path,

@@ -12,7 +12,6 @@ The generator is a plain `keras.Sequential` of built-in layers, so a saved
 from __future__ import annotations
 
 import math
-import os
 import zipfile
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from keras import layers, ops
 
 from dcgan.config import TrainConfig, paper_start_size
 from dcgan.errors import UserError
+from dcgan.outputs import atomic_path
 
 
 # Paper, section 4: "All weights were initialized from a zero-centered Normal
@@ -239,11 +239,8 @@ def build_gan(cfg: TrainConfig, image_shape: tuple[int, int, int]) -> DCGAN:
 
 def save_model(model: keras.Model, path: Path) -> None:
     """Save a model as `.keras` atomically: a killed save never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")  # keeps the .keras suffix Keras requires
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # keeps the .keras suffix Keras requires
+        model.save(tmp)
 
 
 def load_model(path: Path, remedy: str) -> keras.Model:

@@ -1,6 +1,7 @@
 """Nearest-neighbour sample metrics: improved precision and recall, and the copy check.
 
-Plain NumPy in float64 on feature vectors, called by `dcgan.evaluation`. Every
+Plain NumPy in float64 on feature vectors or flattened pixels, called by
+`dcgan.evaluation`. Every
 search runs in chunks of query rows and never builds the full (N, M) distance
 matrix, so 10,000 samples against 50,000 training images fit in a few seconds.
 """

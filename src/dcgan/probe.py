@@ -12,9 +12,7 @@ and logs the same numbers to the model's MLflow run.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from dcgan.config import ProbeConfig
 from dcgan.data import Dataset, load_processed
 from dcgan.errors import UserError
 from dcgan.model import load_model
+from dcgan.outputs import write_json
 
 log = logging.getLogger(__name__)
 
@@ -235,17 +234,6 @@ def run_probe(discriminator: keras.Model, data: Dataset, sizes: Iterable[int], s
             "probe_train_size": largest, "probe": scores}
 
 
-def _flatten(metrics: dict, prefix: str = "") -> dict[str, float | None]:
-    """Nested dicts as dotted keys: {"probe": {"100": {"pixels": a}}} -> {"probe.100.pixels": a}."""
-    flat = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def probe(cfg: ProbeConfig, data_file: Path, discriminator_path: Path, metrics_file: Path,
           run_file: Path) -> dict:
     """The probe stage: run the probe, write the DVC metrics JSON, log to the MLflow run.
@@ -264,12 +252,10 @@ def probe(cfg: ProbeConfig, data_file: Path, discriminator_path: Path, metrics_f
             f"{discriminator_path}: discriminator expects images of shape {expected}, data has "
             f"{data.image_shape}; retrain on this data (dvc repro train)"
         )
+    # Probe first, then open the run: an error here must not mark the training run FAILED.
+    result = run_probe(discriminator, data, cfg.train_sizes, cfg.seed)
     with tracking.resume_run(run_file):
         tracking.tag_params({f"probe.{k}": v for k, v in cfg.model_dump().items()})
-        result = run_probe(discriminator, data, cfg.train_sizes, cfg.seed)
-        metrics_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = metrics_file.with_name(f".{metrics_file.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, metrics_file)
-        tracking.log_metrics(_flatten(result))
+        write_json(result, metrics_file)
+        tracking.log_metrics(result)  # nested keys become dotted names
     return result

@@ -6,7 +6,6 @@ by the generate stage (`generate()`), which loads `generator.keras` on its own.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import keras
@@ -16,6 +15,7 @@ from PIL import Image
 from dcgan import tracking
 from dcgan.config import GenerateConfig
 from dcgan.model import load_model
+from dcgan.outputs import atomic_path
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -50,20 +50,17 @@ def save_image(image: Image.Image, path: Path, scale: int = 1) -> None:
     """Write a PNG atomically, enlarged `scale` times with nearest neighbour."""
     if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
 
 
 def make_gif(frames: list[Path], path: Path, ms_per_frame: int = 200) -> None:
     """Assemble PNG frames into a looping GIF that holds the last frame a little longer."""
     images = [Image.open(f).convert("RGB") for f in frames]
     durations = [ms_per_frame] * (len(images) - 1) + [ms_per_frame * 5]
-    tmp = path.with_name(f".{path.name}.tmp")
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                   duration=durations, loop=0)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                       duration=durations, loop=0)
 
 
 def slerp(z0: np.ndarray, z1: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -130,11 +127,8 @@ def _write_samples(generator: keras.Model, cfg: GenerateConfig, out_dir: Path) -
     walks = np.concatenate([slerp(a, b, t) for a, b in ends]).astype(np.float32)
     interp = generator.predict(walks, verbose=0)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / ".samples.npy.tmp"
-    with open(tmp, "wb") as f:
+    with atomic_path(out_dir / "samples.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, samples)
-    os.replace(tmp, out_dir / "samples.npy")
     scale = max(1, 512 // (grid.shape[1] * cfg.grid_rows))
     save_image(image_grid(grid, cfg.grid_rows), out_dir / "grid.png", scale)
     save_image(image_grid(interp, cfg.grid_rows), out_dir / "interpolation.png", scale)

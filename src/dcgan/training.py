@@ -78,13 +78,19 @@ class HistoryCSV(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in sorted((logs or {}).items())}}
-        # The first epoch starts the file afresh; later ones (also after a resume) append.
-        new = epoch == 0 or not self.path.exists()
-        with open(self.path, "w" if new else "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        write_row(self.path, row, fresh=epoch == 0)
+
+
+def write_row(path: Path, row: dict, fresh: bool) -> None:
+    """Add a row to a per-epoch CSV: with `fresh` (the run's first row) or when the file
+    is missing, start it afresh with a header; otherwise (later rows, also after a
+    resume) append."""
+    fresh = fresh or not path.exists()
+    with open(path, "w" if fresh else "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if fresh:
+            writer.writeheader()
+        writer.writerow(row)
 
 
 class EpochGrid(keras.callbacks.Callback):
@@ -114,11 +120,8 @@ class QualityMonitor(keras.callbacks.Callback):
         rng = np.random.default_rng([seed, 1])  # a stream apart from the grid's noise
         n = min(QUALITY_SAMPLES, len(real_test))
         real = real_test[np.sort(rng.choice(len(real_test), size=n, replace=False))]
-        self.real_stats = gaussian_stats(self._features(real))
+        self.real_stats = gaussian_stats(self._forward(self.features, real))
         self.noise = rng.standard_normal((n, latent_dim)).astype(np.float32)
-
-    def _features(self, images: np.ndarray) -> np.ndarray:
-        return self._forward(self.features, images)
 
     def _forward(self, model: keras.Model, x: np.ndarray) -> np.ndarray:
         # Direct calls, not predict(): inside fit(), predict's tf.data graph makes TF log a
@@ -131,11 +134,9 @@ class QualityMonitor(keras.callbacks.Callback):
         if done % self.every and done != self.params["epochs"]:
             return
         images = self._forward(self.model.generator, self.noise)
-        fd = frechet_distance(*gaussian_stats(self._features(images)), *self.real_stats)
-        # The first point starts the file afresh; later ones (also after a resume) append.
-        new = done <= self.every or not self.path.exists()
-        with open(self.path, "w" if new else "a") as f:
-            f.write(f"epoch,frechet_distance\n{done},{fd}\n" if new else f"{done},{fd}\n")
+        fake_stats = gaussian_stats(self._forward(self.features, images))
+        fd = frechet_distance(*fake_stats, *self.real_stats)
+        write_row(self.path, {"epoch": done, "frechet_distance": fd}, fresh=done <= self.every)
         tracking.log_metrics({"epoch_frechet_distance": fd}, step=done)
 
 
@@ -194,7 +195,8 @@ def _quality_monitor(cfg: TrainConfig, classifier_path: Path, real_test: np.ndar
     """The quality-over-training callback, or None (and a header-only CSV) when off."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if cfg.eval_every == 0:
-        path.write_text("epoch,frechet_distance\n")
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerow(["epoch", "frechet_distance"])
         return None
     classifier = load_model(classifier_path, remedy="run `dvc repro classifier` first")
     if tuple(classifier.input_shape[1:]) != real_test.shape[1:]:
