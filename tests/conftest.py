@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from dvc_repo import make_clone, run
 
 
 @pytest.fixture
@@ -35,3 +36,16 @@ def http_server(tmp_path: Path):
     httpd.shutdown()
     httpd.server_close()
     thread.join()
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """A tiny copy of this repo in a git repo, after one real `dvc repro` (about a minute).
+
+    Shared by test_pipeline.py and test_experiments.py. Attributes: `path`, `commit` (the
+    commit the repro ran at) and `first_repro` (its stdout).
+    """
+    path = tmp_path_factory.mktemp("clone")
+    commit = make_clone(path)
+    first_repro = run(["dvc", "repro"], path).stdout
+    return SimpleNamespace(path=path, commit=commit, first_repro=first_repro)

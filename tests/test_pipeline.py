@@ -5,48 +5,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import yaml
+from dvc_repo import ran_stages, run
 from mlflow.tracking import MlflowClient
 
-REPO = Path(__file__).resolve().parents[1]
-
-TINY = {
-    "preprocess": {"image_size": 16},
-    "classifier": {"epochs": 1, "feature_dim": 16},
-    "train": {"epochs": 2, "batch_size": 64, "latent_dim": 8, "g_filters": 8, "d_filters": 8,
-              "eval_every": 1},
-    "generate": {"num_samples": 64, "grid_rows": 4, "interp_steps": 4},
-    "probe": {"train_sizes": [100]},
-}
 SUITE = ("frechet_distance", "kid", "kid_std", "precision", "recall", "classifier_score",
          "modes_covered", "mode_kl", "memorisation_ratio")
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "DVC_")) and k != "GIT_DIR"}
-    # `python` in dvc.yaml must be this interpreter, whose environment has the package.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
-    if check and proc.returncode:
-        raise AssertionError(f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def ran_stages(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
 def rerun_after(clone: Path, section: str, key: str, value: object) -> set[str]:
@@ -58,28 +28,14 @@ def rerun_after(clone: Path, section: str, key: str, value: object) -> set[str]:
     return ran_stages(run(["dvc", "repro"], clone).stdout)
 
 
-@pytest.fixture(scope="module")
-def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A git repo holding this working tree's files (committed or not) with tiny params."""
-    dest = tmp_path_factory.mktemp("clone")
-    files = run(["git", "ls-files", "-co", "--exclude-standard"], REPO).stdout.split()
-    for name in files:
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"]):
-        run(cmd, dest)
-    return dest
+@pytest.fixture
+def clone(pipeline: SimpleNamespace) -> Path:
+    return pipeline.path
 
 
-@pytest.fixture(scope="module")
-def first_repro(clone: Path) -> str:
-    return run(["dvc", "repro"], clone).stdout
+@pytest.fixture
+def first_repro(pipeline: SimpleNamespace) -> str:
+    return pipeline.first_repro
 
 
 @pytest.mark.slow
@@ -110,7 +66,8 @@ def test_repro_writes_every_output(clone: Path, first_repro: str) -> None:
 
 
 @pytest.mark.slow
-def test_mlflow_run_holds_params_curves_images_and_model(clone: Path, first_repro: str) -> None:
+def test_mlflow_run_holds_params_curves_images_and_model(pipeline: SimpleNamespace) -> None:
+    clone = pipeline.path
     client = MlflowClient(f"sqlite:///{clone / 'mlflow.db'}")
     run_id = json.loads((clone / "data/train/mlflow_run.json").read_text())["run_id"]
     mlrun = client.get_run(run_id)
@@ -122,8 +79,8 @@ def test_mlflow_run_holds_params_curves_images_and_model(clone: Path, first_repr
                     if o["path"].endswith("dataset.npz"))
     tags = mlrun.data.tags
     assert tags["data_md5"] == data_md5 and tags["dataset"] == "mnist-5k"
-    head = run(["git", "rev-parse", "HEAD"], clone).stdout.strip()
-    assert tags["mlflow.source.git.commit"] == head
+    assert tags["mlflow.source.git.commit"] == tags["git_commit"] == pipeline.commit
+    assert mlrun.info.run_name == f"paper-mnist-5k-16px@{pipeline.commit[:7]}"
     assert [m.step for m in client.get_metric_history(run_id, "g_loss")] == [1, 2]
     for name in ("frechet_distance", "floor.kid", "ceiling_blur.precision", "probe_accuracy",
                  "probe.100.random_discriminator"):
@@ -136,6 +93,10 @@ def test_mlflow_run_holds_params_curves_images_and_model(clone: Path, first_repr
     assert (clone / "mlruns").is_dir()
     models = client.search_logged_models(experiment_ids=[mlrun.info.experiment_id])
     assert any(m.source_run_id == run_id and m.name == "generator" for m in models)
+    # Registered; evaluate set the best alias (test_experiments checks which run holds it).
+    [version] = client.search_model_versions(f"name = 'dcgan-generator' and run_id = '{run_id}'")
+    assert version.tags["dataset"] == "mnist-5k"
+    assert client.get_model_version_by_alias("dcgan-generator", "best-mnist-5k").version
 
 
 @pytest.mark.slow

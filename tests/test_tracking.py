@@ -2,18 +2,25 @@
 
 Run with `pytest tests/test_tracking.py -q`. Covers where the store lives
 (MLFLOW_TRACKING_URI > DVC_ROOT > cwd), that importing the module writes nothing,
-the start_run/resume_run round trip, FAILED runs, and metric logging.
+the start_run/resume_run round trip, FAILED runs, metric logging, run names and source
+tags, failing fast on an unreachable server, concurrent set-up of a new store, the
+registered generator and the `best-<dataset>` alias.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import keras
 import mlflow
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -24,7 +31,8 @@ from dcgan.errors import UserError
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """No store settings from the caller's shell; the cwd is a scratch directory."""
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "DVC_ROOT"):
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "DVC_ROOT", "DVC_EXP_NAME",
+                 "DVC_EXP_BASELINE_REV"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     yield
@@ -247,3 +255,143 @@ def test_nested_metrics_are_logged_with_dotted_names(store: str, tmp_path: Path)
         tracking.log_metrics(nested)
     metrics = MlflowClient(store).get_run(run_id).data.metrics
     assert metrics == {"fd": 3.0, "floor.fd": 1.5, "probe.100.d": 0.9}
+
+
+# ---------------------------------------------------------------- names and source tags
+
+
+def test_run_named_after_the_dvc_experiment(store: str, monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    monkeypatch.setenv("DVC_EXP_NAME", "tidy-lamb")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
+    with tracking.start_run(tmp_path / "run.json", {}, {"dataset": "x"}, "paper-x") as run_id:
+        pass
+    run = MlflowClient(store).get_run(run_id)
+    assert run.info.run_name == "tidy-lamb"
+    assert run.data.tags["dvc_exp_name"] == "tidy-lamb"
+    assert run.data.tags["git_commit"] == "a" * 40
+    assert run.data.tags["dataset"] == "x"
+
+
+def test_run_outside_an_experiment_named_by_default_and_commit(
+        store: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for cmd in (["git", "init", "-q"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                 "--allow-empty", "-m", "x"]):
+        subprocess.run(cmd, cwd=repo, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    monkeypatch.chdir(repo)
+    with tracking.start_run(tmp_path / "run.json", {}, {}, "paper-mnist") as run_id:
+        pass
+    run = MlflowClient(store).get_run(run_id)
+    assert run.info.run_name == f"paper-mnist@{head[:7]}"
+    assert run.data.tags["git_commit"] == head
+    assert "dvc_exp_name" not in run.data.tags
+
+
+def test_source_tags_without_git(tmp_path: Path) -> None:
+    assert tracking.source_tags() == {}  # the cwd is a scratch directory, not a repo
+    assert tracking.run_name("paper", {}) == "paper"
+
+
+# ---------------------------------------------------------------- failing fast
+
+
+def test_unreachable_server_fails_fast(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    start = time.monotonic()
+    unreachable = rf"MLflow tracking server http://127.0.0.1:{port} \(\w+\) is unreachable"
+    with pytest.raises(UserError, match=unreachable), \
+            tracking.start_run(tmp_path / "run.json", {}, {}):
+        pass
+    assert time.monotonic() - start < 10
+    assert not (tmp_path / "run.json").exists()
+
+
+def test_answering_server_passes_the_check(monkeypatch: pytest.MonkeyPatch, http_server) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", http_server.url.rstrip("/"))
+    tracking.check_store()  # a 404 still proves something answers
+    assert http_server.hits == ["/health"]
+
+
+def test_new_store_set_up_by_two_processes_at_once(tmp_path: Path) -> None:
+    """Two queued experiments starting together on a repo with no mlflow.db yet."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["DVC_ROOT"] = str(tmp_path)
+    code = ("import sys\nfrom pathlib import Path\nfrom dcgan import tracking\n"
+            "with tracking.start_run(Path(sys.argv[1]), {'i': sys.argv[1]}, {}):\n"
+            "    pass\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, f"run{i}.json"], cwd=tmp_path,
+                              env=env, stderr=subprocess.PIPE, text=True) for i in range(3)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(errors)[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("dcgan").experiment_id])
+    assert sorted(r.data.params["i"] for r in runs) == ["run0.json", "run1.json", "run2.json"]
+
+
+# ---------------------------------------------------------------- registry and alias
+
+
+def _tiny_generator() -> keras.Model:
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, activation="tanh"),
+                             keras.layers.Reshape((4, 4, 1))])
+
+
+def _registered_run(tmp_path: Path, dataset: str, fd: float | None, fail: bool = False) -> str:
+    """A run with a registered generator and, after it closes, a Fréchet distance."""
+    run_file = tmp_path / f"{dataset}-{fd}-{fail}.json"
+    with contextlib.suppress(RuntimeError), \
+            tracking.start_run(run_file, {}, {"dataset": dataset}) as run_id:
+        tracking.log_generator(_tiny_generator(), {"dataset": dataset})
+        if fd is not None:
+            tracking.log_metrics({"frechet_distance": fd})
+        if fail:
+            raise RuntimeError("diverged")
+    return run_id
+
+
+def _alias_run(store: str, dataset: str) -> str:
+    client = MlflowClient(store)
+    version = client.get_model_version_by_alias(tracking.REGISTERED_MODEL, f"best-{dataset}")
+    return version.run_id
+
+
+def test_generator_registered_with_signature_and_input_example(store: str,
+                                                               tmp_path: Path) -> None:
+    run_id = _registered_run(tmp_path, "sig", 1.0)
+    client = MlflowClient(store)
+    [version] = client.search_model_versions(
+        f"name = '{tracking.REGISTERED_MODEL}' and run_id = '{run_id}'")
+    assert version.tags == {"dataset": "sig"}
+    uri = f"models:/{tracking.REGISTERED_MODEL}/{version.version}"
+    info = mlflow.models.get_model_info(uri)
+    assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 4)
+    example = mlflow.models.Model.load(uri).load_input_example()
+    assert example.shape == (2, 4)
+    images = mlflow.pyfunc.load_model(uri).predict(example)
+    assert images.shape == (2, 4, 4, 1) and np.abs(images).max() <= 1
+
+
+def test_best_alias_moves_to_the_lowest_frechet_distance(store: str, tmp_path: Path) -> None:
+    worse = _registered_run(tmp_path, "digits", 5.0)
+    assert tracking.promote_best(worse) is not None and _alias_run(store, "digits") == worse
+    better = _registered_run(tmp_path, "digits", 3.0)
+    tracking.promote_best(better)
+    assert _alias_run(store, "digits") == better
+    # Neither another dataset's better run, nor a failed one, nor one that was never
+    # evaluated takes it.
+    other = _registered_run(tmp_path, "faces", 1.0)
+    tracking.promote_best(other)
+    failed = _registered_run(tmp_path, "digits", 0.5, fail=True)
+    unscored = _registered_run(tmp_path, "digits", None)
+    for run_id in (failed, unscored, worse):
+        tracking.promote_best(run_id)
+        assert _alias_run(store, "digits") == better
+    assert _alias_run(store, "faces") == other

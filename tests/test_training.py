@@ -8,6 +8,10 @@ Run with `pytest tests/test_training.py -q`. The end-to-end run (64 images of 16
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -17,6 +21,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -34,6 +39,7 @@ from dcgan.training import (
     train,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "preprocess": {"image_size": 16},
     "train": {"epochs": 2, "batch_size": 16, "latent_dim": 8, "g_filters": 8, "d_filters": 8,
@@ -86,7 +92,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("train")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        for name in ("DVC_ROOT", "MLFLOW_EXPERIMENT_NAME"):
+        for name in ("DVC_ROOT", "MLFLOW_EXPERIMENT_NAME", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
             mp.delenv(name, raising=False)
         uri = f"sqlite:///{root / 'mlflow.db'}"
         mp.setenv("MLFLOW_TRACKING_URI", uri)
@@ -165,6 +171,14 @@ def test_mlflow_run(trained) -> None:
     tags = run.data.tags
     assert tags["data_md5"] == data.file_md5(trained.data_file)
     assert tags["arch"] == "paper" and tags["dataset"] == "mnist-5k"
+    assert 0 < run.data.metrics["train_seconds"] < 600
+
+
+def test_generator_registered_with_the_run_tags(trained) -> None:
+    [version] = trained.client.search_model_versions(
+        f"name = 'dcgan-generator' and run_id = '{trained.result['run_id']}'")
+    assert version.tags == {"dataset": "mnist-5k", "arch": "paper",
+                            "data_md5": data.file_md5(trained.data_file)}
 
 
 def test_mlflow_artifacts(trained) -> None:
@@ -257,6 +271,33 @@ def test_batch_larger_than_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(UserError, match=r"train.batch_size = 65 exceeds the 64 training"):
         train(params, data_file, classifier_file(tmp_path), out)
     assert not out.run_file.exists()  # failed before any MLflow run was opened
+
+
+def test_train_stage_fails_fast_on_an_unreachable_server(tmp_path: Path) -> None:
+    """A wrong MLFLOW_TRACKING_URI stops the train stage within seconds, before training."""
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data_file = processed_npz(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY))
+    out = outputs(tmp_path)
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in vars(out).items()]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{port}"
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "train.py"), f"--data={data_file}",
+         f"--classifier={tmp_path / 'none.keras'}", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"error: MLflow tracking server http://127.0.0.1:{port} (MLFLOW_TRACKING_URI) "
+        "is unreachable")
+    assert "Traceback" not in proc.stderr
+    assert elapsed < 60, elapsed  # TF's import included; MLflow's own retries take minutes
+    for path in (out.run_file, out.generator, out.history, out.checkpoints, out.grids):
+        assert not path.exists(), path
 
 
 # ---------------------------------------------------------------- reproducibility and resume

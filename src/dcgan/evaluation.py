@@ -247,8 +247,10 @@ def evaluate(cfg: EvaluateConfig, data_file: Path, samples_file: Path, classifie
                                              cfg.batch_size)
     if cfg.inception is not None:
         result["inception"] = _inception(cfg, samples, data.test_x)
-    with tracking.resume_run(run_file):
+    with tracking.resume_run(run_file) as run_id:
         tracking.tag_params({f"evaluate.{k}": v for k, v in cfg.model_dump().items()})
         write_json(result, metrics_file)
         tracking.log_metrics(result)
+    # Once the run is finished again, it competes for the registry's best-<dataset> alias.
+    tracking.promote_best(run_id)
     return result

@@ -9,6 +9,13 @@ The store defaults to `sqlite:///<repo root>/mlflow.db` with artifacts under
 (so `dvc exp run --temp/--queue` log to the main store) and the current
 directory otherwise. `MLFLOW_TRACKING_URI` overrides it. Importing this module
 changes nothing: the URI is set when a run starts.
+
+Each run is named after its DVC experiment (`dvc exp run`) or, outside one, after
+arch, dataset, size and commit, and tagged with the git commit, the DVC experiment,
+the dataset, its data hash and the architecture. The generator is logged as a Keras
+model and registered as a version of `dcgan-generator`; after evaluation the alias
+`best-<dataset>` moves to the version with the lowest Fréchet distance.
+`search_runs` feeds the `dcgan compare` command.
 """
 
 from __future__ import annotations
@@ -16,18 +23,26 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
+import filelock
 import mlflow
 import numpy as np
-from PIL import Image
+import pandas as pd
 
 from dcgan.errors import UserError
 
+if TYPE_CHECKING:  # keras is imported where it is used, so `dcgan compare` starts fast
+    import keras
+
 EXPERIMENT = "dcgan"
+# Every trained generator becomes a version of this registered model.
+REGISTERED_MODEL = "dcgan-generator"
 
 
 def repo_root() -> Path:
@@ -40,35 +55,138 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
 
 
-def _use_store() -> str:
-    """Point mlflow at the store and make sure the experiment exists; return its id."""
+def experiment_name() -> str:
+    """`$MLFLOW_EXPERIMENT_NAME`, else `dcgan`."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
+
+
+def check_store(timeout: float = 5.0) -> None:
+    """Fail fast when the tracking URI names a server that does not answer.
+
+    MLflow itself retries an unreachable server for minutes; train calls this before
+    it loads anything, so a wrong `MLFLOW_TRACKING_URI` costs seconds, not a training run.
+
+    Raises:
+        UserError: if an http(s) tracking server does not answer its /health endpoint.
+    """
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answered: a server (or a proxy in front of one) is there
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise UserError(
+            f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is unreachable: {reason}; "
+            "start it (e.g. `mlflow server --host 127.0.0.1 --port 5000`) or unset "
+            "MLFLOW_TRACKING_URI to use the local store mlflow.db"
+        ) from None
+
+
+@contextlib.contextmanager
+def _store_lock() -> Iterator[None]:
+    """Serialise store set-up across processes when the store is a local SQLite file.
+
+    Two experiments started together by `dvc queue start -j 2` would otherwise both
+    create the tables of a new mlflow.db, or both create the experiment, and one fails.
+    """
+    db = _sqlite_file(tracking_uri())
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(f"{db}.lock", timeout=300):
+        yield
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI, else None."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def _use_store(create: bool = True) -> str:
+    """Point mlflow at the store and make sure the experiment exists; return its id.
+
+    Raises:
+        UserError: if the server is unreachable, or if `create` is False and the
+            experiment does not exist.
+    """
+    check_store()
     # Decide before set_tracking_uri, which exports MLFLOW_TRACKING_URI itself.
     default_store = "MLFLOW_TRACKING_URI" not in os.environ
-    mlflow.set_tracking_uri(tracking_uri())
-    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    # Artifacts of the default store live beside it, not under the cwd, which
-    # is a throw-away copy for `dvc exp run --temp`. A server picks its own.
-    location = None
-    if default_store:
-        location = (repo_root() / "mlruns" / name).as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    name = experiment_name()
+    db = _sqlite_file(tracking_uri())
+    if not create and db is not None and not db.exists():
+        raise UserError(f"no MLflow store at {db}; run the pipeline first (`dvc repro`) or "
+                        "set MLFLOW_TRACKING_URI")
+    with _store_lock():
+        mlflow.set_tracking_uri(tracking_uri())
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        if not create:
+            raise UserError(f"the MLflow store {tracking_uri()} has no experiment {name!r}; "
+                            "run the pipeline first (`dvc repro`)")
+        # Artifacts of the default store live beside it, not under the cwd, which
+        # is a throw-away copy for `dvc exp run --temp`. A server picks its own.
+        location = None
+        if default_store:
+            location = (repo_root() / "mlruns" / name).as_uri()
+        return mlflow.create_experiment(name, artifact_location=location)
+
+
+def source_tags() -> dict[str, str]:
+    """Where a run comes from: `git_commit` (the experiment's baseline commit under
+    `dvc exp run`, else HEAD of the current directory's repo) and, under `dvc exp run`,
+    `dvc_exp_name`. Keys whose value is unknown are left out."""
+    tags = {}
+    commit = os.environ.get("DVC_EXP_BASELINE_REV") or _git_head()
+    if commit:
+        tags["git_commit"] = commit
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
+def _git_head() -> str | None:
+    try:
+        proc = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.strip() or None
+
+
+def run_name(default: str | None, tags: dict[str, str]) -> str | None:
+    """The DVC experiment's name when there is one, else `default@<short commit>` (None:
+    MLflow picks a random name)."""
+    if "dvc_exp_name" in tags:
+        return tags["dvc_exp_name"]
+    if default is not None and "git_commit" in tags:
+        return f"{default}@{tags['git_commit'][:7]}"
+    return default
 
 
 @contextlib.contextmanager
 def start_run(run_file: Path, params: dict[str, Any], tags: dict[str, str],
-              run_name: str | None = None) -> Iterator[str]:
-    """Open a new run, log `params` and `tags`, and write its id to `run_file`.
+              default_name: str | None = None) -> Iterator[str]:
+    """Open a new run, log `params`, `tags` and `source_tags()`, and write its id to `run_file`.
 
-    The run ends FINISHED when the block completes and FAILED when it raises.
+    The run is named by `run_name`. It ends FINISHED when the block completes and
+    FAILED when it raises.
 
     Yields:
         The run id.
     """
     experiment_id = _use_store()
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+    tags = {**tags, **source_tags()}
+    with mlflow.start_run(experiment_id=experiment_id,
+                          run_name=run_name(default_name, tags)) as run:
         mlflow.log_params({k: "null" if v is None else v for k, v in params.items()})
         mlflow.set_tags(tags)
         run_file.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +242,11 @@ def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
     mlflow.log_metrics(flatten_metrics(metrics), step=step)
 
 
+def log_image(image: np.ndarray, key: str, step: int) -> None:
+    """Log an image (H, W[, C] uint8) as step `step` of the image series `key`."""
+    mlflow.log_image(image, key=key, step=step)
+
+
 def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
     """Copy files or directories into the active run's artifacts."""
     for path in paths:
@@ -133,14 +256,76 @@ def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
             mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
-def log_generator(generator: keras.Model) -> None:
-    """Log the generator as an MLflow Keras model, so the UI lists it as a model."""
-    requirements = [f"tensorflow=={_version('tensorflow')}", f"keras=={keras.__version__}"]
+class _KerasFlavor:
+    """`mlflow.keras` with the model directory made first: MLflow 3.17's Keras `save_model`
+    writes the input example before it creates that directory, so `log_model(...,
+    input_example=...)` fails with FileNotFoundError on input_example.json."""
+
+    __name__ = "mlflow.keras"
+
+    @staticmethod
+    def save_model(path: str, **kwargs: Any) -> None:
+        os.makedirs(path, exist_ok=True)
+        mlflow.keras.save_model(path=path, **kwargs)
+
+
+def log_generator(generator: keras.Model, tags: dict[str, str]) -> int:
+    """Log the generator as an MLflow Keras model, with a signature and an input example,
+    and register it as a new version of `REGISTERED_MODEL` carrying `tags`.
+
+    Returns:
+        The new model version's number.
+    """
+    requirements = [f"tensorflow=={_version('tensorflow')}", f"keras=={_version('keras')}"]
     # Input: a batch of noise vectors z; output: images in [-1, 1].
     z = np.random.default_rng(0).standard_normal((2, generator.input_shape[-1])).astype("float32")
     signature = mlflow.models.infer_signature(z, np.asarray(generator(z, training=False)))
-    mlflow.keras.log_model(generator, name="generator", signature=signature,
-                           pip_requirements=requirements)
+    info = mlflow.models.Model.log(
+        artifact_path=None, name="generator", flavor=_KerasFlavor, model=generator,
+        signature=signature, input_example=z, pip_requirements=requirements,
+        registered_model_name=REGISTERED_MODEL,
+    )
+    version = int(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(REGISTERED_MODEL, str(version), key, value)
+    return version
+
+
+def best_alias(dataset: str) -> str:
+    """The registry alias that marks the best generator of `dataset`, e.g. `best-mnist-5k`."""
+    return f"best-{dataset}"
+
+
+def promote_best(run_id: str, metric: str = "frechet_distance") -> int | None:
+    """Move the alias `best_alias(<run's dataset>)` to the registered generator version
+    with the lowest `metric` among FINISHED runs of that dataset, in any experiment.
+
+    Call it after the run has closed, so that it counts as finished.
+
+    Returns:
+        The version the alias now names, or None if no finished run of the dataset has
+        both the metric and a registered generator.
+    """
+    _use_store()
+    client = mlflow.MlflowClient()
+    dataset = client.get_run(run_id).data.tags.get("dataset")
+    if dataset is None:
+        return None
+    versions = {}  # run id -> its newest registered version
+    for mv in client.search_model_versions(f"name = '{REGISTERED_MODEL}'"):
+        versions[mv.run_id] = max(versions.get(mv.run_id, 0), int(mv.version))
+    candidates = mlflow.search_runs(
+        search_all_experiments=True, output_format="list",
+        filter_string=f"attributes.status = 'FINISHED' and tags.dataset = '{dataset}'",
+    )
+    scored = [(r.data.metrics[metric], r.info.start_time, r.info.run_id) for r in candidates
+              if metric in r.data.metrics and r.info.run_id in versions]
+    if not scored:
+        return None
+    best_run = min(scored)[2]  # ties: the earlier run keeps the alias
+    client.set_registered_model_alias(REGISTERED_MODEL, best_alias(dataset), versions[best_run])
+    return versions[best_run]
 
 
 def _version(package: str) -> str:
@@ -149,18 +334,28 @@ def _version(package: str) -> str:
     return version(package)
 
 
-class EpochLogger(keras.callbacks.Callback):
-    """Log every epoch's metrics, and the fixed-noise grid when there is one, to the run.
+def search_runs(dataset: str | None = None, finished_only: bool = False) -> pd.DataFrame:
+    """This store's runs of the pipeline's experiment, newest first, as MLflow's own table.
 
-    Place it after the callbacks that add to `logs` (throughput, sample grid).
+    One row per run; columns as `mlflow.search_runs` names them: `run_id`, `status`,
+    `start_time`, `end_time`, `params.<section>.<key>`, `metrics.<name>`, `tags.<name>`
+    (among them `tags.mlflow.runName`, `tags.dataset`, `tags.dvc_exp_name`).
+
+    Args:
+        dataset: keep only runs whose `dataset` tag is this (e.g. `mnist-5k`).
+        finished_only: keep only runs whose status is FINISHED.
+
+    Raises:
+        UserError: if the store holds no such experiment.
     """
-
-    def __init__(self, grid_dir: Path | None = None):
-        super().__init__()
-        self.grid_dir = grid_dir
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        log_metrics(logs or {}, step=epoch + 1)
-        grid = self.grid_dir / f"epoch_{epoch + 1:04d}.png" if self.grid_dir else None
-        if grid is not None and grid.exists():
-            mlflow.log_image(np.asarray(Image.open(grid)), key="epoch_grid", step=epoch + 1)
+    if dataset is not None and "'" in dataset:
+        raise UserError(f"dataset name {dataset!r} cannot contain a quote")
+    _use_store(create=False)
+    filters = []
+    if dataset is not None:
+        filters.append(f"tags.dataset = '{dataset}'")
+    if finished_only:
+        filters.append("attributes.status = 'FINISHED'")
+    name = experiment_name()
+    return mlflow.search_runs(experiment_names=[name], filter_string=" and ".join(filters),
+                              order_by=["attributes.start_time DESC"], output_format="pandas")

@@ -21,6 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from dcgan import tracking
 from dcgan.classifier import feature_extractor
@@ -140,6 +141,24 @@ class QualityMonitor(keras.callbacks.Callback):
         tracking.log_metrics({"epoch_frechet_distance": fd}, step=done)
 
 
+class EpochLogger(keras.callbacks.Callback):
+    """Log every epoch's metrics, and the fixed-noise grid when there is one, to the run.
+
+    Place it after the callbacks that add to `logs` (throughput, sample grid).
+    """
+
+    def __init__(self, grid_dir: Path | None = None):
+        super().__init__()
+        self.grid_dir = grid_dir
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        tracking.log_metrics(logs or {}, step=epoch + 1)
+        grid = self.grid_dir / f"epoch_{epoch + 1:04d}.png" if self.grid_dir else None
+        if grid is not None and grid.exists():
+            with Image.open(grid) as image:
+                tracking.log_image(np.asarray(image), key="epoch_grid", step=epoch + 1)
+
+
 def seed_everything(seed: int, precision: str) -> None:
     """Seed Python, NumPy and TF, make TF ops deterministic, and set the dtype policy."""
     keras.utils.set_random_seed(seed)
@@ -186,7 +205,7 @@ def _callbacks(cfg: TrainConfig, out: TrainOutputs, ckpt: Path, images_per_epoch
         keras.callbacks.BackupAndRestore(str(ckpt)),
         HistoryCSV(out.history),
         *([quality] if quality else []),
-        tracking.EpochLogger(out.grids),
+        EpochLogger(out.grids),
     ]
 
 
@@ -225,6 +244,7 @@ def train(params: Params, data_file: Path, classifier_path: Path, out: TrainOutp
         UserError: on data that the config cannot train on.
     """
     cfg = params.train
+    tracking.check_store()  # an unreachable tracking server fails now, not after training
     data = load_processed(data_file)
     data_md5 = file_md5(data_file)
     # 1. Seeds first: the initial weights and the noise draw from them.
@@ -236,21 +256,23 @@ def train(params: Params, data_file: Path, classifier_path: Path, out: TrainOutp
     callbacks = _callbacks(cfg, out, checkpoint_dir(out.checkpoints, cfg, data_md5),
                            images_per_epoch, quality)
     tags = {"dataset": params.fetch.dataset, "data_md5": data_md5, "arch": cfg.arch}
-    run_name = f"{cfg.arch}-{params.fetch.dataset}-{params.preprocess.image_size}px"
+    default_name = f"{cfg.arch}-{params.fetch.dataset}-{params.preprocess.image_size}px"
     # 2. Train inside the MLflow run; it is marked FAILED if anything raises.
     # The run's params are those that shape the model; generate and evaluate, which
     # may rerun on the same model with new params, record theirs as tags.
     logged = flatten(params, ("fetch", "preprocess", "train"))
-    with tracking.start_run(out.run_file, logged, tags, run_name) as run_id:
+    with tracking.start_run(out.run_file, logged, tags, default_name) as run_id:
         # Keras' live progress bar on a terminal, one line per epoch in logs.
         verbose = 1 if sys.stdout.isatty() else 2
+        start = time.perf_counter()
         history = gan.fit(dataset, epochs=cfg.epochs, callbacks=callbacks, shuffle=False,
                           verbose=verbose)
+        tracking.log_metrics({"train_seconds": time.perf_counter() - start})
         # 3. Outputs: GIF of the epoch grids, then the two networks.
         make_gif(sorted(out.grids.glob("epoch_*.png")), out.gif)
         save_model(gan.generator, out.generator)
         save_model(gan.discriminator, out.discriminator)
         tracking.log_artifacts([out.history, out.quality, out.gif, out.discriminator], "train")
-        tracking.log_generator(gan.generator)
+        tracking.log_generator(gan.generator, tags)
     last = {k: float(v[-1]) for k, v in history.history.items()}
     return {"run_id": run_id, **last}

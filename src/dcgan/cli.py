@@ -1,0 +1,118 @@
+"""The `dcgan` command: tools for working with the pipeline's results from a terminal.
+
+Run as `dcgan COMMAND ...` (the console script pyproject.toml installs) or
+`python -m dcgan COMMAND ...`; `dcgan --help` lists the commands. Each command is one
+`_add_<command>` function that declares its arguments and sets its handler; user errors
+print one `error: ...` line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dcgan import compare
+from dcgan.errors import UserError
+from dcgan.stage import stage_main
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse `argv` (default: the command line) and run the chosen command.
+
+    Raises:
+        SystemExit: 2 on bad arguments or a UserError, 130 on Ctrl-C.
+    """
+    args = build_parser().parse_args(argv)
+    stage_main(lambda: args.handler(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `dcgan` parser, one subparser per command."""
+    parser = argparse.ArgumentParser(
+        prog="dcgan", description="Tools for the DCGAN pipeline's results.")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    _add_compare(commands)
+    return parser
+
+
+def _add_compare(commands: argparse._SubParsersAction) -> None:
+    """Declare `dcgan compare`."""
+    parser = commands.add_parser(
+        "compare", help="compare MLflow runs side by side",
+        description="Compare the pipeline's MLflow runs side by side, best first. The store is "
+                    "$MLFLOW_TRACKING_URI, else ./mlflow.db; the experiment "
+                    "$MLFLOW_EXPERIMENT_NAME, else dcgan.")
+    parser.add_argument("--dataset", metavar="NAME", help="only runs of this dataset (its tag)")
+    parser.add_argument("--sort", metavar="METRIC", default="frechet_distance",
+                        help="metric to sort by (default: %(default)s); runs without it go last")
+    parser.add_argument("--desc", action="store_true", help="sort descending (default: ascending)")
+    fallback, defaults = ",".join(compare.FALLBACK_PARAMS), ", ".join(compare.DEFAULT_METRICS)
+    parser.add_argument("--params", metavar="A,B", type=_names,
+                        help="param keys to show, e.g. train.lr,train.epochs (default: those "
+                             f"that differ among the runs shown, else {fallback})")
+    parser.add_argument("--metrics", metavar="A,B", type=_names,
+                        help=f"metrics to show (default: those of {defaults} that the runs have)")
+    parser.add_argument("--all", action="store_true",
+                        help="include unfinished (RUNNING, FAILED, KILLED) runs, with their status")
+    parser.add_argument("--limit", metavar="N", type=_positive_int,
+                        help="show only the first N runs after sorting")
+    parser.add_argument("--csv", action="store_true",
+                        help="print CSV (full precision) instead of an aligned table; the summary "
+                             "line goes to stderr")
+    parser.set_defaults(handler=_compare)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    """Print a summary line and the comparison table of the store's runs.
+
+    Raises:
+        UserError: if the store or experiment is missing, no run matches, or a name is unknown.
+    """
+    from dcgan import tracking  # mlflow takes seconds to import; --help should not wait
+
+    runs = tracking.search_runs(dataset=args.dataset, finished_only=not args.all)
+    if runs.empty:
+        raise UserError(_no_runs(args, tracking.tracking_uri(), tracking.experiment_name()))
+    df = compare.table(runs, params=args.params, metrics=args.metrics, sort=args.sort,
+                       descending=args.desc, show_status=args.all, limit=args.limit)
+    summary = _summary(len(df), len(runs), tracking.tracking_uri(), args)
+    # With --csv, stdout stays pure CSV so it can be piped or redirected to a file.
+    print(summary, file=sys.stderr if args.csv else sys.stdout)
+    print(compare.format_table(df, csv=args.csv))
+
+
+def _summary(shown: int, total: int, uri: str, args: argparse.Namespace) -> str:
+    """`# 3 finished runs in <uri> (dataset mnist-5k), sorted by frechet_distance ascending`."""
+    count = f"{shown} of {total}" if shown < total else str(shown)
+    what = ("run" if total == 1 else "runs") if args.all else \
+        ("finished run" if total == 1 else "finished runs")
+    where = f" (dataset {args.dataset})" if args.dataset else ""
+    order = "descending" if args.desc else "ascending"
+    return f"# {count} {what} in {uri}{where}, sorted by {args.sort} {order}"
+
+
+def _no_runs(args: argparse.Namespace, uri: str, experiment: str) -> str:
+    """The error for an empty result, naming the filters that emptied it."""
+    what = "runs" if args.all else "finished runs"
+    where = f" of dataset {args.dataset!r}" if args.dataset else ""
+    hint = "" if args.all else " (--all includes running and failed ones)"
+    return f"no {what}{where} in experiment {experiment!r} of {uri}{hint}"
+
+
+def _names(text: str) -> list[str]:
+    """`a, b,c` as `['a', 'b', 'c']`."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected comma-separated names")
+    return names
+
+
+def _positive_int(text: str) -> int:
+    """A whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
