@@ -85,6 +85,13 @@ class TrainConfig(_Section):
         5, ge=0, le=100000,
         description="Fréchet distance of a fixed sample every this many epochs; 0 = off",
     )
+    collapse_patience: int = Field(
+        5, ge=0, le=100000,
+        description="warn when D's loss stays below collapse_d_loss this many epochs; 0 = off",
+    )
+    collapse_d_loss: float = Field(
+        0.05, gt=0, le=10, description="a D loss below this counts towards collapse"
+    )
 
     @property
     def adam(self) -> tuple[float, float]:

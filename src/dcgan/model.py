@@ -256,6 +256,7 @@ def load_model(path: Path, remedy: str) -> keras.Model:
     if not Path(path).is_file():
         raise UserError(f"{path}: no model here; {remedy}")
     try:
-        return keras.saving.load_model(path, compile=False)
+        # safe_mode refuses Lambda layers and other code inside a model file.
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
     except (ValueError, OSError, KeyError, zipfile.BadZipFile) as err:
         raise UserError(f"{path}: cannot be loaded as a Keras model ({err}); {remedy}") from None

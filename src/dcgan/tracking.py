@@ -217,6 +217,11 @@ def resume_run(run_file: Path) -> Iterator[str]:
         yield run_id
 
 
+def set_tags(tags: dict[str, str]) -> None:
+    """Set tags on the active run."""
+    mlflow.set_tags(tags)
+
+
 def tag_params(params: dict[str, Any]) -> None:
     """Record a downstream stage's params as tags: unlike params, tags may change when
     that stage reruns on the same model."""

@@ -28,6 +28,7 @@ from dcgan.classifier import feature_extractor
 from dcgan.config import Params, TrainConfig, flatten
 from dcgan.data import file_md5, load_processed
 from dcgan.errors import UserError
+from dcgan.guards import CollapseWatch, DivergenceGuard
 from dcgan.metrics import frechet_distance, gaussian_stats
 from dcgan.model import build_gan, load_model, save_model
 from dcgan.sampling import image_grid, make_gif, save_image
@@ -198,10 +199,13 @@ def _callbacks(cfg: TrainConfig, out: TrainOutputs, ckpt: Path, images_per_epoch
     noise = np.random.default_rng(cfg.seed).standard_normal((GRID_ROWS**2, cfg.latent_dim))
     out.history.parent.mkdir(parents=True, exist_ok=True)
     # Order matters: Throughput adds `images_per_sec` to the logs that HistoryCSV and
-    # EpochLogger write, and EpochGrid saves the picture EpochLogger uploads.
+    # EpochLogger write, EpochGrid saves the picture EpochLogger uploads, and the
+    # divergence guard vets the weights before BackupAndRestore checkpoints them.
     return [
         Throughput(images_per_epoch),
         EpochGrid(noise.astype(np.float32), out.grids),
+        DivergenceGuard(cfg.adam[0], ckpt),
+        CollapseWatch(cfg.collapse_patience, cfg.collapse_d_loss),
         keras.callbacks.BackupAndRestore(str(ckpt)),
         HistoryCSV(out.history),
         *([quality] if quality else []),
