@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
-from test_training import TINY, outputs, processed_npz
+from test_training import TINY, outputs, processed_npz, use_scratch_store
 
 from dcgan import data, training
 from dcgan.config import load_params, parse_params
@@ -31,11 +31,7 @@ NO_QUALITY = {**TINY, "train": {**TINY["train"], "eval_every": 0}}
 
 def _train(root: Path, params: dict, monkeypatch: pytest.MonkeyPatch) -> tuple:
     """train() in `root` with its own store; returns (outputs, error or None, client)."""
-    monkeypatch.chdir(root)
-    for name in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.delenv(name, raising=False)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    uri = use_scratch_store(monkeypatch, root)
     out = outputs(root)
     try:
         train(parse_params(params), processed_npz(root), root / "no-classifier.keras", out)

@@ -86,16 +86,23 @@ def outputs(root: Path) -> TrainOutputs:
     )
 
 
+def use_scratch_store(mp: pytest.MonkeyPatch, root: Path) -> str:
+    """cd to `root`, drop the caller's DVC/MLflow settings and point MLflow at a SQLite store
+    in `root`; returns its URI."""
+    mp.chdir(root)
+    for name in ("DVC_ROOT", "MLFLOW_EXPERIMENT_NAME", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        mp.delenv(name, raising=False)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """One real `train()` in a scratch directory, tracked in a SQLite store there."""
     root = tmp_path_factory.mktemp("train")
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        for name in ("DVC_ROOT", "MLFLOW_EXPERIMENT_NAME", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
-            mp.delenv(name, raising=False)
-        uri = f"sqlite:///{root / 'mlflow.db'}"
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        uri = use_scratch_store(mp, root)
         data_file = processed_npz(root)
         params = parse_params(TINY)
         out = outputs(root)
@@ -311,8 +318,7 @@ def _train_in(root: Path, setup=None, params: dict = TINY
     exception train() raised, if any."""
     root.mkdir(parents=True, exist_ok=True)
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        use_scratch_store(mp, root)
         data_file = processed_npz(root)
         out = outputs(root)
         if setup:
