@@ -14,7 +14,7 @@ from dcgan.config import load_params
 from dcgan.data import load_processed
 from dcgan.evaluation import evaluate_generator
 from dcgan.model import Generator, load_model
-from dcgan.training import seed_everything
+from dcgan.seeding import seed_everything
 
 p = load_params()
 seed_everything(p.train.seed, p.train.precision)

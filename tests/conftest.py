@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 from dvc_repo import make_clone, run
 
 
@@ -42,10 +43,13 @@ def http_server(tmp_path: Path):
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """A tiny copy of this repo in a git repo, after one real `dvc repro` (about a minute).
 
-    Shared by test_pipeline.py and test_experiments.py. Attributes: `path`, `commit` (the
-    commit the repro ran at) and `first_repro` (its stdout).
+    Shared by test_pipeline.py, test_experiments.py and test_resume.py. Attributes: `path`,
+    `commit` (the commit the repro ran at), `first_repro` (its stdout) and `first_lock` (the
+    dvc.lock it wrote, parsed; later tests change the repo).
     """
     path = tmp_path_factory.mktemp("clone")
     commit = make_clone(path)
     first_repro = run(["dvc", "repro"], path).stdout
-    return SimpleNamespace(path=path, commit=commit, first_repro=first_repro)
+    first_lock = yaml.safe_load((path / "dvc.lock").read_text())
+    return SimpleNamespace(path=path, commit=commit, first_repro=first_repro,
+                           first_lock=first_lock)

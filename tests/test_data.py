@@ -227,6 +227,82 @@ def test_bad_folder_is_a_user_error_and_writes_nothing(tmp_path, kind, words):
     assert not (tmp_path / "raw").exists()
 
 
+def test_folder_reads_only_its_own_regular_files(tmp_path):
+    photos = tmp_path / "photos"
+    _save(photos / "real.png", np.zeros((8, 8), np.uint8))
+    elsewhere = _save(tmp_path / "elsewhere" / "other.png", np.full((8, 8), 255, np.uint8))
+    (tmp_path / "elsewhere" / "secret.txt").write_text("root:x:0:0")
+    (photos / "linked.png").symlink_to(elsewhere)
+    (photos / "passwd.png").symlink_to(tmp_path / "elsewhere" / "secret.txt")
+    (photos / "linked_dir").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    summary = _fetch(tmp_path, dataset="folder", folder=str(photos))
+    assert summary["count"] == 1
+    assert [p.name for p in (tmp_path / "raw" / "images").iterdir()] == ["real.png"]
+
+
+def test_folder_of_symlinks_only_holds_no_images(tmp_path):
+    elsewhere = _save(tmp_path / "elsewhere.png", np.zeros((8, 8), np.uint8))
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").symlink_to(elsewhere)
+    with pytest.raises(UserError, match="no image files .*symlinks are not read"):
+        _fetch(tmp_path, dataset="folder", folder=str(tmp_path / "photos"))
+    assert not (tmp_path / "raw").exists()
+
+
+class _Payload:
+    """Unpickling it would create `marker`: what a malicious object array does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _bad_npz(path: Path, kind: str, keys: tuple[str, ...]) -> None:
+    """Write an npz at `path` that preprocess or training must refuse, `kind` of bad."""
+    good = _npz_bytes(**{key: np.zeros((2, 8, 8, 1), np.uint8) for key in keys})
+    buf = io.BytesIO()
+    if kind == "npy":  # one bare array where an archive belongs
+        np.save(buf, np.zeros(3))
+    elif kind == "pickled":
+        marker = path.parent / "pwned"
+        np.savez(buf, **{key: np.array([_Payload(marker)], dtype=object) for key in keys})
+    elif kind == "missing key":
+        np.savez(buf, **{keys[0]: np.zeros(2)})
+    payload = {"truncated": good[:len(good) // 2], "empty": b""}.get(kind, buf.getvalue())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(payload)
+
+
+NPZ_PROBLEMS = [("truncated", "truncated or corrupt"), ("empty", "truncated or corrupt"),
+                ("npy", "not an .npz archive"), ("pickled", r"pickled \(object\) arrays"),
+                ("missing key", "is not a file in the archive")]
+
+
+@pytest.mark.parametrize("kind, words", NPZ_PROBLEMS)
+def test_unreadable_raw_npz_is_a_user_error_and_writes_nothing(tmp_path, kind, words):
+    _bad_npz(tmp_path / "raw" / "images.npz", kind, ("x", "y"))
+    with pytest.raises(UserError, match=words) as err:
+        _run(tmp_path / "raw", tmp_path / "out", image_size=8)
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'raw' / 'images.npz'}: not a raw dataset (")
+    assert message.endswith("rerun the fetch stage") and "\n" not in message
+    assert "allow_pickle" not in message  # numpy's advice is not ours
+    assert not (tmp_path / "out").exists() and not (tmp_path / "raw" / "pwned").exists()
+
+
+@pytest.mark.parametrize("kind, words", NPZ_PROBLEMS)
+def test_unreadable_processed_npz_is_a_user_error(tmp_path, kind, words):
+    path = tmp_path / "data" / "d.npz"
+    _bad_npz(path, kind, data.PROCESSED_KEYS)
+    with pytest.raises(UserError, match=words) as err:
+        data.load_processed(path)
+    assert str(err.value).startswith(f"{path}: not a processed dataset (")
+    assert str(err.value).endswith("rerun preprocess")
+    assert not (path.parent / "pwned").exists()
+
+
 def test_split_with_an_empty_side_is_a_user_error(tmp_path):
     _save(tmp_path / "in" / "only.png", np.zeros((8, 8), np.uint8))
     _fetch(tmp_path, dataset="folder", folder=str(tmp_path / "in"))

@@ -9,6 +9,7 @@ bookkeeping here needs; the maths is tested in test_metrics.py).
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import keras
@@ -132,8 +133,8 @@ def stage_files(tmp_path: Path, classifier, monkeypatch: pytest.MonkeyPatch):
     np.save(samples, _images(40, 2) * 0.7)
     save_model(classifier, tmp_path / "classifier.keras")
     run_file = tmp_path / "run.json"
-    with tracking.start_run(run_file, {}, {}) as run_id:
-        pass
+    with tracking.start_run({}, {}) as run_id:
+        tracking.write_run_file(run_file, uuid.uuid4().hex)
     yield {"data_file": data_file, "samples_file": samples, "run_file": run_file,
            "classifier_path": tmp_path / "classifier.keras",
            "metrics_file": tmp_path / "out" / "metrics.json"}, run_id
@@ -159,7 +160,8 @@ def test_stage_writes_json_and_logs_dotted_metrics(stage_files):
 def test_stage_error_leaves_no_json_and_the_run_unharmed(stage_files):
     files, run_id = stage_files
     np.save(files["samples_file"], _images(40, 2, (8, 8, 3)))
-    with pytest.raises(UserError, match="does not match data shape"):
+    with pytest.raises(UserError, match=r"samples.npy: samples of shape \(8, 8, 3\) do not match "
+                       r"the data's \(8, 8, 1\)"):
         evaluate(CFG, **files)
     assert not files["metrics_file"].parent.exists()
     assert MlflowClient().get_run(run_id).info.status == "FINISHED"

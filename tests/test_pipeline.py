@@ -69,8 +69,10 @@ def test_repro_writes_every_output(clone: Path, first_repro: str) -> None:
 def test_mlflow_run_holds_params_curves_images_and_model(pipeline: SimpleNamespace) -> None:
     clone = pipeline.path
     client = MlflowClient(f"sqlite:///{clone / 'mlflow.db'}")
-    run_id = json.loads((clone / "data/train/mlflow_run.json").read_text())["run_id"]
-    mlrun = client.get_run(run_id)
+    md5 = json.loads((clone / "data/train/mlflow_run.json").read_text())["generator_md5"]
+    [mlrun] = client.search_runs([client.get_experiment_by_name("dcgan").experiment_id],
+                                 filter_string=f"tags.generator_md5 = '{md5}'")
+    run_id = mlrun.info.run_id
     assert mlrun.info.status == "FINISHED"
     assert mlrun.data.params["train.epochs"] == "2"
     assert mlrun.data.params["train.lr"] == "0.0002"  # the paper arch's, resolved

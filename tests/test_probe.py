@@ -13,6 +13,7 @@ import math
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import keras
@@ -276,8 +277,8 @@ def _stage_inputs(tmp_path: Path, d_shape: tuple[int, int, int]) -> dict[str, Pa
 
 def test_probe_stage_writes_json_and_logs_to_the_run(store, tmp_path):
     paths = _stage_inputs(tmp_path, (16, 16, 1))
-    with tracking.start_run(paths["run_file"], {}, {}) as run_id:
-        pass
+    with tracking.start_run({}, {}) as run_id:
+        tracking.write_run_file(paths["run_file"], uuid.uuid4().hex)
     result = probe(ProbeConfig(train_sizes=[8, 1000], seed=0), **paths)
     assert json.loads(paths["metrics_file"].read_text()) == result
     assert list(result["probe"]) == ["8"]  # 1000 > the 30 labelled images: skipped

@@ -6,6 +6,7 @@ Run with `pytest tests/test_sampling.py -q`.
 
 from __future__ import annotations
 
+import uuid
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -204,8 +205,8 @@ def run_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_uri: str) ->
     uri = store_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     path = tmp_path / "model" / "run.json"
-    with tracking.start_run(path, {"train.latent_dim": LATENT}, {}) as run_id:
-        pass
+    with tracking.start_run({"train.latent_dim": LATENT}, {}) as run_id:
+        tracking.write_run_file(path, uuid.uuid4().hex)  # a generator hash of its own
     return SimpleNamespace(path=path, run_id=run_id, client=MlflowClient(uri))
 
 

@@ -102,7 +102,7 @@ def _run_in_temp_copy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[
     monkeypatch.setenv("DVC_ROOT", str(root))
     monkeypatch.chdir(temp_copy)
     (temp_copy / "note.txt").write_text("hello")
-    with tracking.start_run(temp_copy / "run.json", {"x": 1}, {}) as run_id:
+    with tracking.start_run({"x": 1}, {}) as run_id:
         tracking.log_artifacts([temp_copy / "note.txt"], "stage")
     return root, temp_copy, run_id
 
@@ -130,7 +130,7 @@ def test_default_store_keeps_artifacts_at_dvc_root(monkeypatch: pytest.MonkeyPat
 def test_experiment_name_from_env(store: str, monkeypatch: pytest.MonkeyPatch,
                                   tmp_path: Path) -> None:
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "other")
-    with tracking.start_run(tmp_path / "run.json", {}, {}) as run_id:
+    with tracking.start_run({}, {}) as run_id:
         pass
     experiment_id = MlflowClient(store).get_run(run_id).info.experiment_id
     assert MlflowClient(store).get_experiment(experiment_id).name == "other"
@@ -139,12 +139,16 @@ def test_experiment_name_from_env(store: str, monkeypatch: pytest.MonkeyPatch,
 # ---------------------------------------------------------------- runs
 
 
+MD5 = "0123456789abcdef0123456789abcdef"
+
+
 def test_start_and_resume_round_trip(store: str, tmp_path: Path) -> None:
     run_file = tmp_path / "out" / "run.json"
     params = {"train.lr": 0.0002, "train.epochs": 2, "fetch.folder": None}
-    with tracking.start_run(run_file, params, {"arch": "paper"}, "paper-run") as run_id:
+    with tracking.start_run(params, {"arch": "paper"}, "paper-run") as run_id:
         assert mlflow.active_run().info.run_id == run_id
-    assert json.loads(run_file.read_text()) == {"run_id": run_id}
+        tracking.write_run_file(run_file, MD5)
+    assert json.loads(run_file.read_text()) == {"generator_md5": MD5}
     assert mlflow.active_run() is None
 
     client = MlflowClient(store)
@@ -153,7 +157,7 @@ def test_start_and_resume_round_trip(store: str, tmp_path: Path) -> None:
     assert run.info.run_name == "paper-run"
     assert run.data.params == {"train.lr": "0.0002", "train.epochs": "2",
                                "fetch.folder": "null"}
-    assert run.data.tags["arch"] == "paper"
+    assert run.data.tags["arch"] == "paper" and run.data.tags["generator_md5"] == MD5
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.name == tracking.EXPERIMENT
 
@@ -171,60 +175,109 @@ def test_start_and_resume_round_trip(store: str, tmp_path: Path) -> None:
 
 
 def test_second_start_run_reuses_the_experiment(store: str, tmp_path: Path) -> None:
-    with tracking.start_run(tmp_path / "a.json", {}, {}) as first:
+    with tracking.start_run({}, {}) as first:
         pass
-    with tracking.start_run(tmp_path / "b.json", {}, {}) as second:
+    with tracking.start_run({}, {}) as second:
         pass
     client = MlflowClient(store)
     assert first != second
     assert client.get_run(first).info.experiment_id == client.get_run(second).info.experiment_id
 
 
-def test_run_that_raises_ends_failed(store: str, tmp_path: Path) -> None:
-    run_file = tmp_path / "run.json"
-    with pytest.raises(RuntimeError, match="boom"), \
-            tracking.start_run(run_file, {"a": 1}, {}):
+def test_run_that_raises_ends_failed(store: str) -> None:
+    with pytest.raises(RuntimeError, match="boom"), tracking.start_run({"a": 1}, {}) as run_id:
         raise RuntimeError("boom")
-    run_id = json.loads(run_file.read_text())["run_id"]
     assert MlflowClient(store).get_run(run_id).info.status == "FAILED"
     assert mlflow.active_run() is None
 
 
+def test_reopened_run_skips_steps_it_has(store: str) -> None:
+    """A training resumed after a kill repeats its last epoch: logged once, none missing."""
+    image = np.zeros((4, 4), np.uint8)
+    with pytest.raises(RuntimeError), tracking.start_run({"a": 1}, {}) as run_id:
+        tracking.log_metrics({"loss": 1.0, "fd": 5.0}, step=1)
+        tracking.log_image(image, "grid", step=1)
+        tracking.log_metrics({"loss": 2.0}, step=2)  # killed before fd and the grid of 2
+        raise RuntimeError("killed")
+    client = MlflowClient(store)
+    experiment = client.get_run(run_id).info.experiment_id
+    n_runs = len(client.search_runs([experiment]))
+    with tracking.start_run({"a": 1}, {}, resume=run_id) as again:
+        assert again == run_id
+        for step in (2, 3):  # the resumed training repeats epoch 2
+            tracking.log_metrics({"loss": float(step), "fd": 5.0 + step}, step=step)
+            tracking.log_image(image, "grid", step=step)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert len(client.search_runs([experiment])) == n_runs  # reopened, not new
+    for key in ("loss", "fd"):
+        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [1, 2, 3], key
+    pngs = [a.path for a in client.list_artifacts(run_id, "images") if a.path.endswith(".png")]
+    assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in pngs) == [1, 2, 3]
+    with tracking.start_run({}, {}) as fresh:  # a new run is not filtered
+        tracking.log_metrics({"loss": 1.0}, step=1)
+    assert len(client.get_metric_history(fresh, "loss")) == 1
+
+
+def test_resume_of_a_run_not_in_the_store_starts_a_new_one(store: str) -> None:
+    with tracking.start_run({}, {}, resume=MD5) as run_id:
+        pass
+    assert run_id != MD5
+    assert MlflowClient(store).get_run(run_id).info.status == "FINISHED"
+
+
+def test_resume_finds_the_newest_run_of_the_generator_preferring_the_experiment(
+        store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_file = tmp_path / "run.json"
+    ids = {}
+    for exp in ("exp-a", "exp-b", None):
+        if exp:
+            monkeypatch.setenv("DVC_EXP_NAME", exp)
+        else:
+            monkeypatch.delenv("DVC_EXP_NAME")
+        with tracking.start_run({}, {}) as ids[exp]:
+            tracking.write_run_file(run_file, MD5)
+    with tracking.start_run({}, {}):
+        tracking.write_run_file(tmp_path / "other.json", "f" * 32)  # another generator
+    with tracking.resume_run(run_file) as run_id:
+        assert run_id == ids[None]  # newest, outside any experiment
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-a")
+    with tracking.resume_run(run_file) as run_id:
+        assert run_id == ids["exp-a"]
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-c")  # none of its own: the newest
+    with tracking.resume_run(run_file) as run_id:
+        assert run_id == ids[None]
+
+
 def test_resume_missing_file(store: str, tmp_path: Path) -> None:
     missing = tmp_path / "missing.json"
-    with pytest.raises(UserError, match="no MLflow run id; run the train stage first"), \
-            tracking.resume_run(missing):
+    with pytest.raises(UserError, match="no generator hash to find its MLflow run by; run the "
+                       "train stage first"), tracking.resume_run(missing):
         pass
 
 
-@pytest.mark.parametrize("text", ["", "not json", '{"id": "x"}'])
+@pytest.mark.parametrize("text", ["", "not json", '{"id": "x"}', "null\n",
+                                  '{"generator_md5": "x\' or 1=1"}'])
 def test_resume_unreadable_file(store: str, tmp_path: Path, text: str) -> None:
     run_file = tmp_path / "run.json"
     run_file.write_text(text)
-    with pytest.raises(UserError, match="no MLflow run id"), tracking.resume_run(run_file):
+    with pytest.raises(UserError, match="no generator hash"), tracking.resume_run(run_file):
         pass
 
 
-def test_resume_json_that_is_not_an_object(store: str, tmp_path: Path) -> None:
+def test_resume_unknown_generator(store: str, tmp_path: Path) -> None:
     run_file = tmp_path / "run.json"
-    run_file.write_text("null\n")
-    with pytest.raises(UserError, match="no MLflow run id"), tracking.resume_run(run_file):
-        pass
-
-
-def test_resume_unknown_run_id(store: str, tmp_path: Path) -> None:
-    run_file = tmp_path / "run.json"
-    run_file.write_text(json.dumps({"run_id": "0123456789abcdef0123456789abcdef"}))
+    unknown = "e" * 32  # the shared store has runs of MD5
+    run_file.write_text(json.dumps({"generator_md5": unknown}))
     with pytest.raises(UserError) as info, tracking.resume_run(run_file):
         pass
     message = str(info.value)
-    assert "0123456789abcdef0123456789abcdef" in message
-    assert store in message and "dvc repro -f train" in message
+    assert f"no run in the MLflow store {store} trained this generator (md5 {unknown})" in message
+    assert "dvc repro -f train" in message
     assert mlflow.active_run() is None
 
 
 def test_log_metrics_skips_non_numbers(store: str, tmp_path: Path) -> None:
-    with tracking.start_run(tmp_path / "run.json", {}, {}) as run_id:
+    with tracking.start_run({}, {}) as run_id:
         tracking.log_metrics({"a": 1, "b": None, "c": 2.5, "d": "text"}, step=3)
         tracking.log_metrics({"a": 4}, step=4)
     client = MlflowClient(store)
@@ -238,7 +291,7 @@ def test_log_artifacts_files_and_dirs(store: str, tmp_path: Path) -> None:
     (tmp_path / "grids").mkdir()
     (tmp_path / "grids" / "epoch_0001.png").write_bytes(b"png")
     (tmp_path / "history.csv").write_text("epoch\n1\n")
-    with tracking.start_run(tmp_path / "run.json", {}, {}) as run_id:
+    with tracking.start_run({}, {}) as run_id:
         tracking.log_artifacts([tmp_path / "history.csv", tmp_path / "grids"], "train")
     client = MlflowClient(store)
     top = {a.path for a in client.list_artifacts(run_id, "train")}
@@ -251,7 +304,7 @@ def test_nested_metrics_are_logged_with_dotted_names(store: str, tmp_path: Path)
     nested = {"fd": 3, "floor": {"fd": 1.5, "modes": None}, "probe": {"100": {"d": 0.9}},
               "flag": True}
     assert tracking.flatten_metrics(nested) == {"fd": 3.0, "floor.fd": 1.5, "probe.100.d": 0.9}
-    with tracking.start_run(tmp_path / "run.json", {}, {}) as run_id:
+    with tracking.start_run({}, {}) as run_id:
         tracking.log_metrics(nested)
     metrics = MlflowClient(store).get_run(run_id).data.metrics
     assert metrics == {"fd": 3.0, "floor.fd": 1.5, "probe.100.d": 0.9}
@@ -264,7 +317,7 @@ def test_run_named_after_the_dvc_experiment(store: str, monkeypatch: pytest.Monk
                                             tmp_path: Path) -> None:
     monkeypatch.setenv("DVC_EXP_NAME", "tidy-lamb")
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
-    with tracking.start_run(tmp_path / "run.json", {}, {"dataset": "x"}, "paper-x") as run_id:
+    with tracking.start_run({}, {"dataset": "x"}, "paper-x") as run_id:
         pass
     run = MlflowClient(store).get_run(run_id)
     assert run.info.run_name == "tidy-lamb"
@@ -284,7 +337,7 @@ def test_run_outside_an_experiment_named_by_default_and_commit(
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
                           text=True, check=True).stdout.strip()
     monkeypatch.chdir(repo)
-    with tracking.start_run(tmp_path / "run.json", {}, {}, "paper-mnist") as run_id:
+    with tracking.start_run({}, {}, "paper-mnist") as run_id:
         pass
     run = MlflowClient(store).get_run(run_id)
     assert run.info.run_name == f"paper-mnist@{head[:7]}"
@@ -308,10 +361,9 @@ def test_unreachable_server_fails_fast(monkeypatch: pytest.MonkeyPatch, tmp_path
     start = time.monotonic()
     unreachable = rf"MLflow tracking server http://127.0.0.1:{port} \(\w+\) is unreachable"
     with pytest.raises(UserError, match=unreachable), \
-            tracking.start_run(tmp_path / "run.json", {}, {}):
+            tracking.start_run({}, {}):
         pass
     assert time.monotonic() - start < 10
-    assert not (tmp_path / "run.json").exists()
 
 
 def test_answering_server_passes_the_check(monkeypatch: pytest.MonkeyPatch, http_server) -> None:
@@ -325,7 +377,7 @@ def test_new_store_set_up_by_two_processes_at_once(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["DVC_ROOT"] = str(tmp_path)
     code = ("import sys\nfrom pathlib import Path\nfrom dcgan import tracking\n"
-            "with tracking.start_run(Path(sys.argv[1]), {'i': sys.argv[1]}, {}):\n"
+            "with tracking.start_run({'i': sys.argv[1]}, {}):\n"
             "    pass\n")
     procs = [subprocess.Popen([sys.executable, "-c", code, f"run{i}.json"], cwd=tmp_path,
                               env=env, stderr=subprocess.PIPE, text=True) for i in range(3)]
@@ -346,9 +398,8 @@ def _tiny_generator() -> keras.Model:
 
 def _registered_run(tmp_path: Path, dataset: str, fd: float | None, fail: bool = False) -> str:
     """A run with a registered generator and, after it closes, a Fréchet distance."""
-    run_file = tmp_path / f"{dataset}-{fd}-{fail}.json"
     with contextlib.suppress(RuntimeError), \
-            tracking.start_run(run_file, {}, {"dataset": dataset}) as run_id:
+            tracking.start_run({}, {"dataset": dataset}) as run_id:
         tracking.log_generator(_tiny_generator(), {"dataset": dataset})
         if fd is not None:
             tracking.log_metrics({"frechet_distance": fd})

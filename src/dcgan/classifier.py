@@ -19,6 +19,7 @@ from dcgan.config import ClassifierConfig
 from dcgan.data import load_processed
 from dcgan.errors import UserError
 from dcgan.model import save_model
+from dcgan.seeding import seed_everything
 
 FEATURES_LAYER = "features"
 # Two 2x2 poolings must leave a spatial map of at least 2x2.
@@ -119,7 +120,7 @@ def train_classifier(
             f"{test_x.shape[1:]} differ in shape; re-run preprocess"
         )
     # Seeds Python, NumPy and TF, so weights, dropout and fit()'s shuffling repeat.
-    keras.utils.set_random_seed(cfg.seed)
+    seed_everything(cfg.seed)
     image_shape = tuple(train_x.shape[1:])
     x, y = _labelled(train_x, train_y)
     tx, ty = _labelled(test_x, test_y)

@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dcgan", description="Tools for the DCGAN pipeline's results.")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_compare(commands)
+    _add_rebuild(commands)
     return parser
 
 
@@ -79,6 +80,32 @@ def _compare(args: argparse.Namespace) -> None:
     # With --csv, stdout stays pure CSV so it can be piped or redirected to a file.
     print(summary, file=sys.stderr if args.csv else sys.stdout)
     print(compare.format_table(df, csv=args.csv))
+
+
+def _add_rebuild(commands: argparse._SubParsersAction) -> None:
+    """Declare `dcgan rebuild`."""
+    parser = commands.add_parser(
+        "rebuild", help="print the commands that recreate a run's model",
+        description="Print the shell commands that recreate an MLflow run's generator: clone "
+                    "this repo, check out the run's git_commit, run the pipeline with the "
+                    "run's params as a DVC experiment, and check the generator's md5 against "
+                    "the run's generator_md5 tag.")
+    parser.add_argument("run_id", metavar="RUN_ID",
+                        help="the run's id, or its first 4+ characters (`dcgan compare` shows 8)")
+    parser.set_defaults(handler=_rebuild)
+
+
+def _rebuild(args: argparse.Namespace) -> None:
+    """Print the commands that rebuild the run.
+
+    Raises:
+        UserError: if the id matches no run or several, or the run lacks what a rebuild needs.
+    """
+    from dcgan import rebuild, tracking
+
+    run = tracking.find_run(args.run_id)
+    print("\n".join(rebuild.commands(run.info.run_id, run.info.run_name, run.data.params,
+                                     run.data.tags, tracking.repo_root())))
 
 
 def _summary(shown: int, total: int, uri: str, args: argparse.Namespace) -> str:

@@ -182,6 +182,8 @@ def _describe(error: dict[str, Any]) -> str:
     if kind == "value_error":
         return msg.removeprefix("Value error, ")
     value = error.get("input")
+    if kind == "model_type":  # pydantic adds "or instance of TrainConfig": our class name
+        return f"{key} = {value!r} is invalid: must be a valid dictionary of {key}'s keys"
     if kind == "literal_error":
         msg = msg.replace("Input should be", "must be")
     else:
@@ -248,10 +250,22 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except FileNotFoundError:
         raise UserError(f"{path}: not found; run from the repo root or pass --params") from None
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: not valid YAML{where}; fix the syntax") from None
+        raise UserError(f"{path}: {_yaml_problem(err)}") from None
     return parse_params(raw, source=str(path))
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line for a YAML error: where, what, and the fix."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}" if mark else ""
+    problem = getattr(err, "problem", None) or ""
+    if problem.startswith("could not determine a constructor for the tag"):
+        # The safe loader knows no tags that build objects (!!python/object...): they run code.
+        tag = problem.rsplit(" ", 1)[-1].replace("tag:yaml.org,2002:", "!!")
+        return (f"YAML tag {tag}{where} is not allowed: params hold plain values only "
+                "(numbers, strings, lists, mappings); remove the tag")
+    detail = f" ({problem})" if problem else ""
+    return f"not valid YAML{where}{detail}; fix the syntax"
 
 
 def flatten(params: Params, sections: tuple[str, ...] | None = None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,17 +79,21 @@ def _copy_images(files: list[Path], out_dir: Path) -> None:
 
 
 def _list_images(folder: Path) -> list[Path]:
-    """The folder's image files, sorted, after checking that each one decodes."""
+    """The folder's own image files (no symlinks, no subfolders), sorted, after checking
+    that each one decodes."""
     hint = f"set fetch.folder to a directory of {'/'.join(IMAGE_SUFFIXES)} images"
     if not folder.exists():
         raise UserError(f"fetch.folder: {folder} does not exist; {hint}")
     if not folder.is_dir():
         raise UserError(f"fetch.folder: {folder} is not a directory; {hint}")
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    with os.scandir(folder) as entries:
+        # Regular files only, links not followed: a symlink could pull in a file from
+        # outside the folder (another dataset's images, or /etc/passwd named x.png).
+        files = sorted(Path(e.path) for e in entries if e.is_file(follow_symlinks=False)
+                       and Path(e.name).suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise UserError(f"fetch.folder: {folder} holds no image files "
-                        f"(subfolders are not searched); {hint}")
+        raise UserError(f"fetch.folder: {folder} holds no image files (subfolders and "
+                        f"symlinks are not read); {hint}")
     for path in files:
         _open_image(path).close()
     return files
@@ -127,8 +132,8 @@ def _load_folder(images_dir: Path, size: int) -> np.ndarray:
 
 
 def _load_arrays(raw_npz: Path, size: int) -> Arrays:
-    with np.load(raw_npz, allow_pickle=False) as f:
-        x, y = f["x"], f["y"]
+    arrays = _read_npz(raw_npz, ("x", "y"), what="raw dataset", remedy="rerun the fetch stage")
+    x, y = arrays["x"], arrays["y"]
     if x.shape[1:3] != (size, size):
         x = np.stack([_fit(Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img), size)
                       for img in x]).reshape(len(x), size, size, -1)
@@ -233,13 +238,40 @@ def load_processed(path: Path) -> Dataset:
     Raises:
         UserError: the file is missing or is not a processed dataset.
     """
+    if not Path(path).exists():
+        raise UserError(f"{path}: not found; run the preprocess stage first")
+    return Dataset(**_read_npz(path, PROCESSED_KEYS, what="processed dataset",
+                               remedy="rerun preprocess"))
+
+
+def _read_npz(path: Path, keys: tuple[str, ...], what: str, remedy: str) -> dict[str, np.ndarray]:
+    """The arrays `keys` of an npz file, read without pickle: an object array can run code.
+
+    Raises:
+        UserError: one line naming the file, when it cannot be read, is not an npz
+            (truncated, corrupt), lacks a key or holds pickled (object) arrays.
+    """
     try:
-        with np.load(path, allow_pickle=False) as f:
-            return Dataset(**{key: f[key] for key in PROCESSED_KEYS})
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found; run the preprocess stage first") from None
-    except (KeyError, ValueError, OSError) as err:
-        raise UserError(f"{path}: not a processed dataset ({err}); rerun preprocess") from None
+        # Our own handle: numpy leaks the one it opens when a zip turns out truncated.
+        with open(path, "rb") as f:
+            loaded = np.load(f, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy: one bare array
+                raise ValueError("one bare .npy array, not an .npz archive")
+            with loaded:
+                return {key: loaded[key] for key in keys}
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"{path}: not a {what} ({_npz_problem(err)}); {remedy}") from None
+
+
+def _npz_problem(err: Exception) -> str:
+    """What is wrong with an npz, in words; numpy's own advice for pickles is to allow them."""
+    if isinstance(err, zipfile.BadZipFile | EOFError):
+        return f"truncated or corrupt: {err}"
+    if "Object arrays cannot be loaded" in str(err):
+        return "it holds pickled (object) arrays, which are never loaded"
+    if "contains pickled" in str(err):  # numpy reads anything else as a pickle
+        return "not an .npz archive"
+    return str(err)
 
 
 def file_md5(path: Path) -> str:

@@ -239,6 +239,10 @@ def evaluate(cfg: EvaluateConfig, data_file: Path, samples_file: Path, classifie
     """
     data = load_processed(data_file)
     samples = load_samples(samples_file)
+    if samples.shape[1:] != data.test_x.shape[1:]:
+        raise UserError(f"{samples_file}: samples of shape {samples.shape[1:]} do not match the "
+                        f"data's {data.test_x.shape[1:]} in {data_file}; regenerate them "
+                        "(`dvc repro generate`), retraining the generator on this data")
     classifier = load_model(classifier_path, remedy="run the classifier stage first")
     # Score first, then open the run: an error here must not mark the training run FAILED.
     result = evaluate_generator(classifier, samples, data.train_x, data.test_x, cfg,

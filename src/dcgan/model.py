@@ -11,6 +11,7 @@ The generator is a plain `keras.Sequential` of built-in layers, so a saved
 
 from __future__ import annotations
 
+import json
 import math
 import zipfile
 from pathlib import Path
@@ -158,6 +159,12 @@ class DCGAN(keras.Model):
         self.latent_dim = latent_dim
         # All noise comes from here, so a seed fixes every z the model draws.
         self.noise_seed = keras.random.SeedGenerator(seed)
+        # Keras saves weights but not the RNG states kept beside them (this noise seed,
+        # Dropout's). Tracked as this model's own variables, they go into checkpoints,
+        # so a resumed run continues the random streams instead of replaying epoch 1's.
+        weights = {id(w) for w in self.weights}
+        for state in [v for v in self.variables if id(v) not in weights]:
+            self._track_variable(state)
         self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
         self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
         self.d_real_tracker = keras.metrics.Mean(name="d_real")
@@ -237,10 +244,50 @@ def build_gan(cfg: TrainConfig, image_shape: tuple[int, int, int]) -> DCGAN:
     return gan
 
 
+# A .keras file is a zip. Keras stamps it with the save time (metadata.json's date_saved
+# and the weights entry's zip date) and numbers shared objects by their memory address
+# (config.json's shared_object_id), so identical weights would hash differently on every
+# run and DVC would see a new model. The times become the zip format's epoch, as
+# reproducible builds do (wheels, SOURCE_DATE_EPOCH); the ids 0, 1, 2... in order.
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
 def save_model(model: keras.Model, path: Path) -> None:
-    """Save a model as `.keras` atomically: a killed save never leaves a half-written file."""
+    """Save a model as `.keras`, atomically (a killed save never leaves a half-written
+    file) and reproducibly (the same weights give the same bytes)."""
     with atomic_path(path) as tmp:  # keeps the .keras suffix Keras requires
-        model.save(tmp)
+        raw = tmp.with_name(f"{tmp.stem}.raw.keras")  # what Keras writes, before restamping
+        try:
+            model.save(raw)
+            _restamp(raw, tmp)
+        finally:
+            raw.unlink(missing_ok=True)
+
+
+def _restamp(src: Path, dst: Path) -> None:
+    """Copy the .keras zip `src` to `dst` with every timestamp set to `ZIP_EPOCH`."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename == "metadata.json":
+                meta = json.loads(data)
+                meta["date_saved"] = "{}-{:02d}-{:02d}@{:02d}:{:02d}:{:02d}".format(*ZIP_EPOCH)
+                data = json.dumps(meta).encode()
+            elif info.filename == "config.json":
+                data = json.dumps(_renumber_shared(json.loads(data), {})).encode()
+            entry = zipfile.ZipInfo(info.filename, ZIP_EPOCH)
+            entry.compress_type, entry.external_attr = info.compress_type, info.external_attr
+            zout.writestr(entry, data)
+
+
+def _renumber_shared(node: object, ids: dict[int, int]) -> object:
+    """`node` with each `shared_object_id` replaced by its order of first appearance."""
+    if isinstance(node, dict):
+        return {k: ids.setdefault(v, len(ids)) if k == "shared_object_id" else
+                _renumber_shared(v, ids) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_renumber_shared(v, ids) for v in node]
+    return node
 
 
 def load_model(path: Path, remedy: str) -> keras.Model:
@@ -255,6 +302,9 @@ def load_model(path: Path, remedy: str) -> keras.Model:
     """
     if not Path(path).is_file():
         raise UserError(f"{path}: no model here; {remedy}")
+    if not zipfile.is_zipfile(path):  # Keras would call it "File not found"
+        raise UserError(f"{path}: cannot be loaded as a Keras model (not a .keras zip "
+                        f"archive: truncated or another format); {remedy}")
     try:
         # safe_mode refuses Lambda layers and other code inside a model file.
         return keras.saving.load_model(path, compile=False, safe_mode=True)

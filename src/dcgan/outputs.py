@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,3 +38,18 @@ def write_json(obj: Any, path: Path) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Make `dst` a copy of the directory `src`: copied beside `dst` first, then swapped in,
+    so `dst` is at every moment either the old directory or the whole new one (but for the
+    instant between removing the old and renaming the new)."""
+    dst = Path(dst)
+    tmp = dst.with_name(f".tmp-{os.getpid()}-{dst.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(src, tmp)
+        shutil.rmtree(dst, ignore_errors=True)
+        os.replace(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -171,5 +171,8 @@ def load_array_dataset(cfg: FetchConfig, cache_dir: Path) -> Arrays:
         return np.rint(x).astype(np.uint8).reshape(-1, 28, 28, 1), y
     source = SOURCES[cfg.dataset]
     base = cfg.mirror.rstrip("/") + "/" if cfg.mirror else source.base_url
-    paths = [download(base + name, sha, cache_dir, cfg.dataset) for name, sha in source.files]
+    fix = ("check that the fetch.mirror server is up and serves it, or unset fetch.mirror"
+           if cfg.mirror else "check your network or set fetch.mirror")
+    paths = [download(base + name, sha, cache_dir, cfg.dataset, fix=fix)
+             for name, sha in source.files]
     return source.decode(paths)

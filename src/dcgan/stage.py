@@ -7,6 +7,7 @@ one package function, and runs under `stage_main(main)`.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +40,8 @@ def stage_main(main: Callable[[], None]) -> None:
     """Run a stage's `main()`, reporting a `UserError` as one line and exit status 2.
 
     Raises:
-        SystemExit: 2 on a `UserError`, 130 on Ctrl-C.
+        SystemExit: 2 on a `UserError` or a full disk, 130 on Ctrl-C, 0 when stdout's reader
+            has gone (a closed pipe).
     """
     try:
         main()
@@ -49,3 +51,12 @@ def stage_main(main: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except OSError as err:
+        if err.errno == errno.ENOSPC:  # wherever it happens: one line, not a traceback
+            print(f"error: {err.filename or 'writing'}: no space left on device; free space "
+                  "there and rerun", file=sys.stderr)
+            raise SystemExit(2) from None
+        if isinstance(err, BrokenPipeError):  # `dcgan compare | head`: the reader left
+            sys.stderr.close()
+            raise SystemExit(0) from None
+        raise

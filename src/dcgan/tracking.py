@@ -1,8 +1,10 @@
 """MLflow tracking: the only module that imports mlflow.
 
-One MLflow run per trained model. The train stage opens it with `start_run`
-and writes its id to a small file that dvc.yaml declares as an output; the
-generate and evaluate stages reopen the same run with `resume_run`.
+One MLflow run per trained model. The train stage opens it with `start_run` (a
+resumed training reopens its run) and ends by writing the generator's md5 to a
+small file that dvc.yaml declares as an output (`write_run_file`); the generate,
+evaluate and probe stages find the run that trained that generator with
+`resume_run`. A hash, not the run id, so that identical runs write identical files.
 
 The store defaults to `sqlite:///<repo root>/mlflow.db` with artifacts under
 `<repo root>/mlruns`, the repo root being `$DVC_ROOT` when DVC runs the stage
@@ -23,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import urllib.error
 import urllib.request
@@ -36,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from dcgan.errors import UserError
+from dcgan.outputs import write_json
 
 if TYPE_CHECKING:  # keras is imported where it is used, so `dcgan compare` starts fast
     import keras
@@ -172,49 +176,120 @@ def run_name(default: str | None, tags: dict[str, str]) -> str | None:
     return default
 
 
-@contextlib.contextmanager
-def start_run(run_file: Path, params: dict[str, Any], tags: dict[str, str],
-              default_name: str | None = None) -> Iterator[str]:
-    """Open a new run, log `params`, `tags` and `source_tags()`, and write its id to `run_file`.
+# Steps a reopened run already holds, per metric key ("image:<key>" for image series). A
+# resumed training repeats the epoch it was killed in, and logs it only where it is missing.
+_logged: dict[str, int] = {}
+# MLflow names an image series' files `<key>+step+<n>+timestamp+...` (`%` before 3.x).
+_IMAGE_STEP = re.compile(r"^(?P<key>.+?)[+%]step[+%](?P<step>\d+)[+%]")
 
-    The run is named by `run_name`. It ends FINISHED when the block completes and
-    FAILED when it raises.
+
+@contextlib.contextmanager
+def start_run(params: dict[str, Any], tags: dict[str, str], default_name: str | None = None,
+              resume: str | None = None) -> Iterator[str]:
+    """Open a new run named by `run_name` and log `params`, `tags` and `source_tags()`.
+
+    With `resume`, the id of a run in the store (an interrupted training's), reopen that
+    run instead: metric and image steps it already has are not logged again. The run ends
+    FINISHED when the block completes and FAILED when it raises.
 
     Yields:
         The run id.
     """
     experiment_id = _use_store()
     tags = {**tags, **source_tags()}
-    with mlflow.start_run(experiment_id=experiment_id,
-                          run_name=run_name(default_name, tags)) as run:
-        mlflow.log_params({k: "null" if v is None else v for k, v in params.items()})
-        mlflow.set_tags(tags)
-        run_file.parent.mkdir(parents=True, exist_ok=True)
-        run_file.write_text(json.dumps({"run_id": run.info.run_id}) + "\n")
-        yield run.info.run_id
+    if resume is not None and not _run_exists(resume):
+        resume = None
+    opened = (mlflow.start_run(run_id=resume) if resume else
+              mlflow.start_run(experiment_id=experiment_id, run_name=run_name(default_name, tags)))
+    with opened as run:
+        _logged.clear()
+        if resume:
+            _logged.update(_logged_steps(resume))
+        try:
+            # A reopened run takes the same values again, which MLflow allows.
+            mlflow.log_params({k: "null" if v is None else v for k, v in params.items()})
+            mlflow.set_tags(tags)
+            yield run.info.run_id
+        finally:
+            _logged.clear()
+
+
+def _run_exists(run_id: str) -> bool:
+    try:
+        mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
+
+
+def _logged_steps(run_id: str) -> dict[str, int]:
+    """The highest step of each metric and image series of a run."""
+    client = mlflow.MlflowClient()
+    steps = {key: max(m.step for m in client.get_metric_history(run_id, key))
+             for key in client.get_run(run_id).data.metrics}
+    for artifact in client.list_artifacts(run_id, "images"):
+        match = _IMAGE_STEP.match(Path(artifact.path).name)
+        if match:
+            key = f"image:{match['key']}"
+            steps[key] = max(steps.get(key, 0), int(match["step"]))
+    return steps
+
+
+def write_run_file(run_file: Path, generator_md5: str) -> None:
+    """Tag the active run with the md5 of the generator it trained, and write that md5 to
+    `run_file`, by which `resume_run` finds the run again."""
+    mlflow.set_tag("generator_md5", generator_md5)
+    write_json({"generator_md5": generator_md5}, run_file)
 
 
 @contextlib.contextmanager
 def resume_run(run_file: Path) -> Iterator[str]:
-    """Reopen the run whose id the train stage wrote to `run_file`.
+    """Reopen the run that trained the generator named in `run_file` (the newest such run,
+    preferring the current DVC experiment's: identical params train identical generators).
 
     Raises:
-        UserError: if the file is missing or names no run in the store.
+        UserError: if the file is missing or broken, or no run in the store trained it.
     """
     try:
-        run_id = json.loads(Path(run_file).read_text())["run_id"]
+        md5 = json.loads(Path(run_file).read_text())["generator_md5"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"{run_file}: no MLflow run id; run the train stage first") from None
+        md5 = None
+    if not isinstance(md5, str) or not re.fullmatch(r"[0-9a-f]{32}", md5):
+        raise UserError(f"{run_file}: no generator hash to find its MLflow run by; run the "
+                        "train stage first (`dvc repro train`)") from None
     _use_store()
-    try:
-        mlflow.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
+    runs = mlflow.search_runs(experiment_names=[experiment_name()], output_format="list",
+                              filter_string=f"tags.generator_md5 = '{md5}'",
+                              order_by=["attributes.start_time DESC"])
+    ours = [r for r in runs if r.data.tags.get("dvc_exp_name") == os.environ.get("DVC_EXP_NAME")]
+    if not runs:
         raise UserError(
-            f"{run_file}: run {run_id} is not in the MLflow store {tracking_uri()}; "
-            "rerun training with `dvc repro -f train`"
-        ) from None
-    with mlflow.start_run(run_id=run_id):
-        yield run_id
+            f"{run_file}: no run in the MLflow store {tracking_uri()} trained this generator "
+            f"(md5 {md5}); rerun training with `dvc repro -f train`"
+        )
+    with mlflow.start_run(run_id=(ours or runs)[0].info.run_id) as run:
+        yield run.info.run_id
+
+
+def find_run(prefix: str) -> mlflow.entities.Run:
+    """The run of the pipeline's experiment whose id starts with `prefix` (as `dcgan compare`
+    shows ids: their first 8 characters).
+
+    Raises:
+        UserError: if `prefix` is not hex, or it matches no run or several.
+    """
+    if not re.fullmatch(r"[0-9a-f]{4,32}", prefix):
+        raise UserError(f"{prefix!r} is not a run id: give its first 4 or more hex digits, "
+                        "as `dcgan compare` shows them")
+    _use_store(create=False)
+    runs = mlflow.search_runs(experiment_names=[experiment_name()], output_format="list")
+    hits = [r for r in runs if r.info.run_id.startswith(prefix)]
+    if len(hits) != 1:
+        what = "no run" if not hits else f"{len(hits)} runs"
+        raise UserError(f"{what} of experiment {experiment_name()!r} in {tracking_uri()} "
+                        f"{'has' if not hits else 'have'} an id starting {prefix!r}; "
+                        "`dcgan compare --all` lists them")
+    return hits[0]
 
 
 def set_tags(tags: dict[str, str]) -> None:
@@ -243,13 +318,19 @@ def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, floa
 
 
 def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
-    """Log numeric metrics to the active run; nested dicts become dotted names."""
-    mlflow.log_metrics(flatten_metrics(metrics), step=step)
+    """Log numeric metrics to the active run; nested dicts become dotted names. Steps a
+    reopened run already has are skipped."""
+    flat = {k: v for k, v in flatten_metrics(metrics).items()
+            if step is None or step > _logged.get(k, 0)}
+    if flat:
+        mlflow.log_metrics(flat, step=step)
 
 
 def log_image(image: np.ndarray, key: str, step: int) -> None:
-    """Log an image (H, W[, C] uint8) as step `step` of the image series `key`."""
-    mlflow.log_image(image, key=key, step=step)
+    """Log an image (H, W[, C] uint8) as step `step` of the image series `key`, unless a
+    reopened run already has that step."""
+    if step > _logged.get(f"image:{key}", 0):
+        mlflow.log_image(image, key=key, step=step)
 
 
 def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:

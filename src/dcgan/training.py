@@ -1,8 +1,11 @@
 """Training: seeds, the input pipeline, callbacks and `fit()`, tracked in MLflow.
 
 The train stage calls `train()`. Per epoch it writes a fixed-noise sample
-grid, a row of history.csv (G and D loss, D(x), D(G(z)), images per second)
-and a checkpoint from which an interrupted run resumes at the next epoch.
+grid, a row of history.csv (G and D loss, D(x), D(G(z))) and a checkpoint from
+which an interrupted run resumes at the next epoch (see checkpoints.py); the
+resumed run's weights are bitwise those of an uninterrupted one. These files live in
+the checkpoint directory until training succeeds, then become the stage's outputs. Throughput and
+wall time go to MLflow only, so the DVC outputs depend on params and data alone.
 Every `train.eval_every` epochs it adds the Fréchet distance of a fixed sample
 to quality.csv and the MLflow run, so users see when training peaks or collapses.
 At the end it writes a GIF of the grids and saves G and D as `.keras` files.
@@ -11,8 +14,7 @@ At the end it writes a GIF of the grids and saves G and D as `.keras` files.
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ import tensorflow as tf
 from PIL import Image
 
 from dcgan import tracking
+from dcgan.checkpoints import Checkpoint, Progress, checkpoint_dir, save_run_id, saved_run_id
 from dcgan.classifier import feature_extractor
 from dcgan.config import Params, TrainConfig, flatten
 from dcgan.data import file_md5, load_processed
@@ -32,6 +35,7 @@ from dcgan.guards import CollapseWatch, DivergenceGuard
 from dcgan.metrics import frechet_distance, gaussian_stats
 from dcgan.model import build_gan, load_model, save_model
 from dcgan.sampling import image_grid, make_gif, save_image
+from dcgan.seeding import seed_everything
 
 GRID_ROWS = 8  # the per-epoch grid shows GRID_ROWS x GRID_ROWS samples
 # Images in the quality-over-training Fréchet distance: the evaluate stage's default N,
@@ -53,8 +57,47 @@ class TrainOutputs:
     checkpoints: Path
 
 
+class SeededBatches(keras.callbacks.Callback):
+    """The training images in full shuffled batches, as `self.dataset`, in an order that is
+    a pure function of (seed, epoch).
+
+    `shuffle(reshuffle_each_iteration=True)` would restart its sequence in a resumed
+    process, replaying epoch 1's order; a stateless permutation of the epoch number
+    (`index_shuffle`) gives the resumed epoch the batches it would have had. Use it
+    as a callback of the same `fit()`: it sets the epoch the dataset reads.
+
+    Raises:
+        UserError: if there are fewer images than one batch.
+    """
+
+    def __init__(self, images: np.ndarray, batch_size: int, seed: int):
+        super().__init__()
+        n = len(images)
+        if n < batch_size:
+            raise UserError(f"train.batch_size = {batch_size} exceeds the {n} training images; "
+                            "lower train.batch_size or use more data")
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        pixels = tf.constant(images)
+
+        def gather(positions: tf.Tensor) -> tf.Tensor:  # (B,) -> (B, H, W, C)
+            seed_pair = tf.stack([tf.constant(seed, tf.int64), self.epoch])
+            return tf.gather(pixels, tf.random.experimental.index_shuffle(
+                positions, seed=seed_pair, max_index=n - 1))
+
+        # Full batches only: a tiny last batch would skew batch-norm statistics. Each
+        # epoch leaves out a different remainder, as a shuffle would.
+        self.dataset = (tf.data.Dataset.range(n).batch(batch_size, drop_remainder=True)
+                        .map(gather).prefetch(tf.data.AUTOTUNE))
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch.assign(epoch)  # before fit() opens the epoch's iterator
+
+
 class Throughput(keras.callbacks.Callback):
-    """Add `images_per_sec` (training images over the epoch's wall time) to the logs."""
+    """Log `images_per_sec` (training images over the epoch's wall time) to MLflow.
+
+    Not to the epoch logs: history.csv is a DVC output, and timings would make two
+    identical runs' outputs differ."""
 
     def __init__(self, images_per_epoch: int):
         super().__init__()
@@ -64,7 +107,8 @@ class Throughput(keras.callbacks.Callback):
         self.start = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs["images_per_sec"] = self.images_per_epoch / (time.perf_counter() - self.start)
+        seconds = time.perf_counter() - self.start
+        tracking.log_metrics({"images_per_sec": self.images_per_epoch / seconds}, step=epoch + 1)
 
 
 class HistoryCSV(keras.callbacks.Callback):
@@ -160,64 +204,30 @@ class EpochLogger(keras.callbacks.Callback):
                 tracking.log_image(np.asarray(image), key="epoch_grid", step=epoch + 1)
 
 
-def seed_everything(seed: int, precision: str) -> None:
-    """Seed Python, NumPy and TF, make TF ops deterministic, and set the dtype policy."""
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
-    keras.mixed_precision.set_dtype_policy(precision)
-
-
-def input_pipeline(images: np.ndarray, cfg: TrainConfig) -> tf.data.Dataset:
-    """Shuffled full batches; the shuffle is seeded so the data order is fixed by `cfg.seed`.
-
-    Raises:
-        UserError: if there are fewer images than one batch.
-    """
-    if len(images) < cfg.batch_size:
-        raise UserError(
-            f"train.batch_size = {cfg.batch_size} exceeds the {len(images)} training images; "
-            "lower train.batch_size or use more data"
-        )
-    return (
-        tf.data.Dataset.from_tensor_slices(images)
-        .shuffle(len(images), seed=cfg.seed, reshuffle_each_iteration=True)
-        # Full batches only: a tiny last batch would skew batch-norm statistics.
-        .batch(cfg.batch_size, drop_remainder=True)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-
-
-def checkpoint_dir(root: Path, cfg: TrainConfig, data_md5: str) -> Path:
-    """A checkpoint directory keyed by what shapes training, so changed params never resume
-    from a stale checkpoint."""
-    key = json.dumps({"train": cfg.model_dump(), "data": data_md5}, sort_keys=True)
-    return root / hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-def _callbacks(cfg: TrainConfig, out: TrainOutputs, ckpt: Path, images_per_epoch: int,
-               quality: QualityMonitor | None) -> list[keras.callbacks.Callback]:
+def _callbacks(cfg: TrainConfig, ckpt: Path, progress: Progress, batches: SeededBatches,
+               steps: int, quality: QualityMonitor | None) -> list[keras.callbacks.Callback]:
     noise = np.random.default_rng(cfg.seed).standard_normal((GRID_ROWS**2, cfg.latent_dim))
-    out.history.parent.mkdir(parents=True, exist_ok=True)
-    # Order matters: Throughput adds `images_per_sec` to the logs that HistoryCSV and
-    # EpochLogger write, EpochGrid saves the picture EpochLogger uploads, and the
-    # divergence guard vets the weights before BackupAndRestore checkpoints them.
+    # Order matters: EpochGrid saves the picture EpochLogger uploads, the divergence
+    # guard vets the weights before anything records the epoch, and Checkpoint comes
+    # last, committing an epoch only once all its files and logs are written.
     return [
-        Throughput(images_per_epoch),
-        EpochGrid(noise.astype(np.float32), out.grids),
+        batches,
+        Throughput(steps * cfg.batch_size),
+        EpochGrid(noise.astype(np.float32), progress.grids),
         DivergenceGuard(cfg.adam[0], ckpt),
         CollapseWatch(cfg.collapse_patience, cfg.collapse_d_loss),
-        keras.callbacks.BackupAndRestore(str(ckpt)),
-        HistoryCSV(out.history),
+        HistoryCSV(progress.history),
         *([quality] if quality else []),
-        EpochLogger(out.grids),
+        EpochLogger(progress.grids),
+        Checkpoint(ckpt, [progress.history, progress.quality], steps),
     ]
 
 
 def _quality_monitor(cfg: TrainConfig, classifier_path: Path, real_test: np.ndarray,
                      path: Path) -> QualityMonitor | None:
     """The quality-over-training callback, or None (and a header-only CSV) when off."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     if cfg.eval_every == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as f:
             csv.writer(f).writerow(["epoch", "frechet_distance"])
         return None
@@ -234,6 +244,9 @@ def _quality_monitor(cfg: TrainConfig, classifier_path: Path, real_test: np.ndar
 def train(params: Params, data_file: Path, classifier_path: Path, out: TrainOutputs) -> dict:
     """Train the DCGAN on the processed data and write every train output.
 
+    The per-epoch files are written in the checkpoint directory and copied to `out` only
+    when everything has succeeded: a failed or killed run changes no output.
+
     Args:
         params: the whole validated params; fetch, preprocess and train are logged.
         data_file: the preprocess stage's npz.
@@ -245,7 +258,7 @@ def train(params: Params, data_file: Path, classifier_path: Path, out: TrainOutp
         The last epoch's logs and the MLflow run id.
 
     Raises:
-        UserError: on data that the config cannot train on.
+        UserError: on data that the config cannot train on, on divergence, on a full disk.
     """
     cfg = params.train
     tracking.check_store()  # an unreachable tracking server fails now, not after training
@@ -253,30 +266,41 @@ def train(params: Params, data_file: Path, classifier_path: Path, out: TrainOutp
     data_md5 = file_md5(data_file)
     # 1. Seeds first: the initial weights and the noise draw from them.
     seed_everything(cfg.seed, cfg.precision)
-    dataset = input_pipeline(data.train_x, cfg)
+    batches = SeededBatches(data.train_x, cfg.batch_size, cfg.seed)
     gan = build_gan(cfg, data.image_shape)
-    images_per_epoch = (len(data.train_x) // cfg.batch_size) * cfg.batch_size
-    quality = _quality_monitor(cfg, classifier_path, data.test_x, out.quality)
-    callbacks = _callbacks(cfg, out, checkpoint_dir(out.checkpoints, cfg, data_md5),
-                           images_per_epoch, quality)
+    ckpt = checkpoint_dir(out.checkpoints, cfg, data_md5)
+    progress = Progress.inside(ckpt, out)
+    quality = _quality_monitor(cfg, classifier_path, data.test_x, progress.quality)
+    callbacks = _callbacks(cfg, ckpt, progress, batches, len(data.train_x) // cfg.batch_size,
+                           quality)
     tags = {"dataset": params.fetch.dataset, "data_md5": data_md5, "arch": cfg.arch}
     default_name = f"{cfg.arch}-{params.fetch.dataset}-{params.preprocess.image_size}px"
-    # 2. Train inside the MLflow run; it is marked FAILED if anything raises.
-    # The run's params are those that shape the model; generate and evaluate, which
-    # may rerun on the same model with new params, record theirs as tags.
+    # 2. Train inside the MLflow run; it is marked FAILED if anything raises. A training
+    # resumed from a checkpoint continues the run it started. The run's params are those
+    # that shape the model; generate and evaluate, which may rerun on the same model with
+    # new params, record theirs as tags.
     logged = flatten(params, ("fetch", "preprocess", "train"))
-    with tracking.start_run(out.run_file, logged, tags, default_name) as run_id:
+    with tracking.start_run(logged, tags, default_name, resume=saved_run_id(ckpt)) as run_id:
+        save_run_id(ckpt, run_id)
         # Keras' live progress bar on a terminal, one line per epoch in logs.
         verbose = 1 if sys.stdout.isatty() else 2
         start = time.perf_counter()
-        history = gan.fit(dataset, epochs=cfg.epochs, callbacks=callbacks, shuffle=False,
-                          verbose=verbose)
+        gan.fit(batches.dataset, epochs=cfg.epochs, callbacks=callbacks, shuffle=False,
+                verbose=verbose)
         tracking.log_metrics({"train_seconds": time.perf_counter() - start})
-        # 3. Outputs: GIF of the epoch grids, then the two networks.
-        make_gif(sorted(out.grids.glob("epoch_*.png")), out.gif)
-        save_model(gan.generator, out.generator)
-        save_model(gan.discriminator, out.discriminator)
-        tracking.log_artifacts([out.history, out.quality, out.gif, out.discriminator], "train")
+        # 3. The GIF of the epoch grids and the two networks, beside the rest; logged.
+        make_gif(sorted(progress.grids.glob("epoch_*.png")), progress.gif)
+        save_model(gan.generator, progress.generator)
+        save_model(gan.discriminator, progress.discriminator)
+        tags["generator_md5"] = file_md5(progress.generator)
+        tracking.log_artifacts([progress.history, progress.quality, progress.gif,
+                                progress.discriminator], "train")
         tracking.log_generator(gan.generator, tags)
-    last = {k: float(v[-1]) for k, v in history.history.items()}
-    return {"run_id": run_id, **last}
+        # 4. Publish: the outputs, then the file by which generate and evaluate find this
+        # run, the generator's hash. Then the checkpoint has served.
+        progress.publish(out)
+        tracking.write_run_file(out.run_file, tags["generator_md5"])
+    shutil.rmtree(ckpt)
+    with open(out.history, newline="") as f:  # the last epoch, also if fit() resumed there
+        last = list(csv.DictReader(f))[-1]
+    return {"run_id": run_id, **{k: float(v) for k, v in last.items() if k != "epoch"}}
