@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_compare(commands)
     _add_rebuild(commands)
+    _add_bench(commands)
     return parser
 
 
@@ -106,6 +107,45 @@ def _rebuild(args: argparse.Namespace) -> None:
     run = tracking.find_run(args.run_id)
     print("\n".join(rebuild.commands(run.info.run_id, run.info.run_name, run.data.params,
                                      run.data.tags, tracking.repo_root())))
+
+
+def _add_bench(commands: argparse._SubParsersAction) -> None:
+    """Declare `dcgan bench train`."""
+    parser = commands.add_parser(
+        "bench", help="benchmark training throughput against the TensorFlow tutorial",
+        description="Measure train-step throughput (images/s after warm-up) of this package's "
+                    "DCGAN and of the TensorFlow tutorial's train step (its architecture, "
+                    "float32, Adam 1e-4), alternating fresh processes; print one JSON line "
+                    "and append it to the results file. A benchmark, not a test.")
+    parser.add_argument("what", choices=["train"], help="what to measure")
+    parser.add_argument("--arch", choices=["tutorial", "paper"], default="tutorial",
+                        help="our architecture (default: %(default)s, the baseline's own)")
+    parser.add_argument("--batch-size", type=_positive_int, default=256, metavar="N",
+                        help="images per step, both contenders (default: %(default)s)")
+    parser.add_argument("--precision", choices=["float32", "mixed_bfloat16"],
+                        default="float32", help="our dtype policy (default: %(default)s)")
+    parser.add_argument("--steps", type=_positive_int, default=30, metavar="N",
+                        help="timed steps per process (default: %(default)s)")
+    parser.add_argument("--warmup", type=_positive_int, default=5, metavar="N",
+                        help="untimed steps first: tracing, allocation (default: %(default)s)")
+    parser.add_argument("--repeats", type=_positive_int, default=2, metavar="N",
+                        help="processes per contender (default: %(default)s)")
+    parser.add_argument("--results", default="benchmarks/results.jsonl", metavar="PATH",
+                        help="file the record is appended to (default: %(default)s)")
+    parser.set_defaults(handler=_bench)
+
+
+def _bench(args: argparse.Namespace) -> None:
+    """Run the benchmark, print its record, append it to the results file."""
+    import json
+    from pathlib import Path
+
+    from dcgan import bench
+
+    record = bench.run_benchmark(args.arch, args.batch_size, args.precision, args.steps,
+                                 args.warmup, args.repeats)
+    bench.append_result(record, Path(args.results))
+    print(json.dumps(record))
 
 
 def _summary(shown: int, total: int, uri: str, args: argparse.Namespace) -> str:
