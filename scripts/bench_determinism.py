@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
+
+from dcgan.bench import machine
 
 CHILD = """
 import json, sys, time
@@ -61,17 +61,7 @@ def main() -> None:
                       "images_per_sec_nondeterministic": round(off, 1),
                       "deterministic_over_nondeterministic": round(on / off, 3),
                       "epochs_measured": {k: len(v) for k, v in rates.items()},
-                      "cpu": _cpu(), "cores": os.cpu_count()}))
-
-
-def _cpu() -> str:
-    """The CPU model, from /proc/cpuinfo where there is one."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
+                      **machine()}))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ one package function, and runs under `stage_main(main)`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -53,10 +55,13 @@ def stage_main(main: Callable[[], None]) -> None:
         raise SystemExit(130) from None
     except OSError as err:
         if err.errno == errno.ENOSPC:  # wherever it happens: one line, not a traceback
-            print(f"error: {err.filename or 'writing'}: no space left on device; free space "
-                  "there and rerun", file=sys.stderr)
+            where = f" writing {err.filename}" if err.filename else ""
+            print(f"error: no space left on device{where}; free space there and rerun",
+                  file=sys.stderr)
             raise SystemExit(2) from None
         if isinstance(err, BrokenPipeError):  # `dcgan compare | head`: the reader left
-            sys.stderr.close()
+            # Python flushes stdout again at exit and would report that pipe too.
+            with contextlib.suppress(OSError, ValueError):  # stdout may have no fd
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise SystemExit(0) from None
         raise

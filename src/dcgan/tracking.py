@@ -256,7 +256,7 @@ def resume_run(run_file: Path) -> Iterator[str]:
         md5 = None
     if not isinstance(md5, str) or not re.fullmatch(r"[0-9a-f]{32}", md5):
         raise UserError(f"{run_file}: no generator hash to find its MLflow run by; run the "
-                        "train stage first (`dvc repro train`)") from None
+                        "train stage first (`dvc repro train`)")
     _use_store()
     runs = mlflow.search_runs(experiment_names=[experiment_name()], output_format="list",
                               filter_string=f"tags.generator_md5 = '{md5}'",

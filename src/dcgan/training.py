@@ -1,11 +1,11 @@
 """Training: seeds, the input pipeline, callbacks and `fit()`, tracked in MLflow.
 
-The train stage calls `train()`. Per epoch it writes a fixed-noise sample
-grid, a row of history.csv (G and D loss, D(x), D(G(z))) and a checkpoint from
-which an interrupted run resumes at the next epoch (see checkpoints.py); the
-resumed run's weights are bitwise those of an uninterrupted one. These files live in
-the checkpoint directory until training succeeds, then become the stage's outputs. Throughput and
-wall time go to MLflow only, so the DVC outputs depend on params and data alone.
+The train stage calls `train()`. Per epoch it writes a fixed-noise sample grid, a row
+of history.csv (G and D loss, D(x), D(G(z))) and a checkpoint from which an interrupted
+run resumes at the next epoch (see checkpoints.py); the resumed run's weights are bitwise
+those of an uninterrupted one. These files live in the checkpoint directory until
+training succeeds, then become the stage's outputs. Throughput and wall time go to
+MLflow only, so the DVC outputs depend on params and data alone.
 Every `train.eval_every` epochs it adds the Fréchet distance of a fixed sample
 to quality.csv and the MLflow run, so users see when training peaks or collapses.
 At the end it writes a GIF of the grids and saves G and D as `.keras` files.
@@ -189,7 +189,7 @@ class QualityMonitor(keras.callbacks.Callback):
 class EpochLogger(keras.callbacks.Callback):
     """Log every epoch's metrics, and the fixed-noise grid when there is one, to the run.
 
-    Place it after the callbacks that add to `logs` (throughput, sample grid).
+    Place it after EpochGrid, which draws the picture it uploads.
     """
 
     def __init__(self, grid_dir: Path | None = None):
