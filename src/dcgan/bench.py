@@ -40,7 +40,8 @@ CONTENDERS = ("ours", "tutorial")
 
 
 def measure(contender: str, arch: str, batch_size: int, precision: str, steps: int,
-            warmup: int, image_size: int = 28, latent_dim: int = 100, filters: int = 64) -> float:
+            warmup: int, update: str = "alternating", steps_per_execution: int = 1,
+            image_size: int = 28, latent_dim: int = 100, filters: int = 64) -> float:
     """Images per second of `steps` train steps after `warmup` ones, in this process.
 
     Stateful (seeds, dtype policy, op determinism): call it in a fresh process, as
@@ -51,15 +52,19 @@ def measure(contender: str, arch: str, batch_size: int, precision: str, steps: i
     if contender == "ours":
         seed_everything(0, precision)
         cfg = TrainConfig(arch=arch, batch_size=batch_size, latent_dim=latent_dim,
-                          g_filters=filters, d_filters=filters, precision=precision)
+                          g_filters=filters, d_filters=filters, precision=precision,
+                          update=update, steps_per_execution=steps_per_execution)
         gan = build_gan(cfg, shape)
-        clock = _Clock(warmup)
+        # Whole executions: warm-up and timed steps rounded up to steps_per_execution.
+        warmup, steps = (-(-n // steps_per_execution) * steps_per_execution
+                         for n in (warmup, steps))
+        clock = _Clock(warmup // steps_per_execution)
         data = tf.data.Dataset.from_tensor_slices(images).batch(batch_size).repeat()
         gan.fit(data, epochs=1, steps_per_epoch=warmup + steps, callbacks=[clock], shuffle=False,
                 verbose=0)
         return batch_size * steps / clock.seconds
     keras.utils.set_random_seed(0)
-    step = _tutorial_step(batch_size, latent_dim, shape)
+    step, _ = tutorial_gan(batch_size, latent_dim, shape)
     batch = tf.constant(images[:batch_size])
     for _ in range(warmup):
         float(step(batch))
@@ -71,23 +76,26 @@ def measure(contender: str, arch: str, batch_size: int, precision: str, steps: i
 
 
 class _Clock(keras.callbacks.Callback):
-    """Time the steps after the first `warmup` ones."""
+    """Time the steps after the first `warmup_calls` calls of the train function (each runs
+    `steps_per_execution` steps)."""
 
-    def __init__(self, warmup: int):
+    def __init__(self, warmup_calls: int):
         super().__init__()
-        self.warmup = warmup
+        self.warmup_calls, self.calls = warmup_calls, 0
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if batch == self.warmup - 1:
+        self.calls += 1
+        if self.calls == self.warmup_calls:
             self.start = time.perf_counter()
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self.seconds = time.perf_counter() - self.start
 
 
-def _tutorial_step(batch_size: int, latent_dim: int,
-                   shape: tuple[int, int, int]) -> tf.types.experimental.PolymorphicFunction:
-    """https://www.tensorflow.org/tutorials/generative/dcgan, `train_step`."""
+def tutorial_gan(batch_size: int, latent_dim: int, shape: tuple[int, int, int],
+                 ) -> tuple[tf.types.experimental.PolymorphicFunction, keras.Model]:
+    """https://www.tensorflow.org/tutorials/generative/dcgan: its `train_step` (a batch of
+    images -> G's loss + D's loss) and the generator it trains."""
     cfg = TrainConfig(arch="tutorial", latent_dim=latent_dim)
     generator, discriminator = Generator(cfg, shape), Discriminator(cfg, shape)
     cross_entropy = keras.losses.BinaryCrossentropy(from_logits=True)
@@ -109,17 +117,19 @@ def _tutorial_step(batch_size: int, latent_dim: int,
         d_opt.apply_gradients(zip(d_grads, discriminator.trainable_variables, strict=True))
         return gen_loss + disc_loss
 
-    return train_step
+    return train_step, generator
 
 
 def run_benchmark(arch: str, batch_size: int, precision: str, steps: int, warmup: int,
-                  repeats: int, **sizes: int) -> dict:
+                  repeats: int, update: str = "alternating", steps_per_execution: int = 1,
+                  **sizes: int) -> dict:
     """Alternate `ours` and `tutorial`, `repeats` fresh processes each; the record."""
     rates: dict[str, list[float]] = {name: [] for name in CONTENDERS}
     for _ in range(repeats):
         for name in CONTENDERS:
             args = dict(contender=name, arch=arch, batch_size=batch_size, precision=precision,
-                        steps=steps, warmup=warmup, **sizes)
+                        steps=steps, warmup=warmup, update=update,
+                        steps_per_execution=steps_per_execution, **sizes)
             code = ("import json, sys; from dcgan.bench import measure; "
                     "print(json.dumps(measure(**json.loads(sys.argv[1]))))")
             proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)],
@@ -128,10 +138,12 @@ def run_benchmark(arch: str, batch_size: int, precision: str, steps: int, warmup
     ours, tutorial = (statistics.median(rates[n]) for n in CONTENDERS)
     return {
         "benchmark": "train_throughput",
-        "arch": arch, "batch_size": batch_size, "precision": precision,
+        "arch": arch, "batch_size": batch_size, "precision": precision, "update": update,
+        "steps_per_execution": steps_per_execution,
         "steps": steps, "warmup": warmup, "repeats": repeats, **sizes,
         "images_per_sec": {"ours": round(ours, 1), "tutorial_baseline": round(tutorial, 1)},
         "ours_over_tutorial": round(ours / tutorial, 3),
+        "target": "ours >= 1.5 x tutorial", "met": ours / tutorial >= 1.5,
         "runs": {n: [round(r, 1) for r in v] for n, v in rates.items()},
         **machine(),
     }

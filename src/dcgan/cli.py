@@ -110,41 +110,85 @@ def _rebuild(args: argparse.Namespace) -> None:
 
 
 def _add_bench(commands: argparse._SubParsersAction) -> None:
-    """Declare `dcgan bench train`."""
+    """Declare `dcgan bench train | quality`."""
     parser = commands.add_parser(
-        "bench", help="benchmark training throughput against the TensorFlow tutorial",
+        "bench", help="benchmarks: throughput and time to quality against the TF tutorial",
+        description="Benchmarks, not tests: each prints one JSON line and appends it, with the "
+                    "machine and versions, to the results file.")
+    kinds = parser.add_subparsers(title="benchmarks", metavar="WHAT", required=True)
+    train = kinds.add_parser(
+        "train", help="train-step throughput, ours against the tutorial's",
         description="Measure train-step throughput (images/s after warm-up) of this package's "
                     "DCGAN and of the TensorFlow tutorial's train step (its architecture, "
-                    "float32, Adam 1e-4), alternating fresh processes; print one JSON line "
-                    "and append it to the results file. A benchmark, not a test.")
-    parser.add_argument("what", choices=["train"], help="what to measure")
-    parser.add_argument("--arch", choices=["tutorial", "paper"], default="tutorial",
-                        help="our architecture (default: %(default)s, the baseline's own)")
-    parser.add_argument("--batch-size", type=_positive_int, default=256, metavar="N",
-                        help="images per step, both contenders (default: %(default)s)")
-    parser.add_argument("--precision", choices=["float32", "mixed_bfloat16"],
-                        default="float32", help="our dtype policy (default: %(default)s)")
-    parser.add_argument("--steps", type=_positive_int, default=30, metavar="N",
-                        help="timed steps per process (default: %(default)s)")
-    parser.add_argument("--warmup", type=_positive_int, default=5, metavar="N",
-                        help="untimed steps first: tracing, allocation (default: %(default)s)")
-    parser.add_argument("--repeats", type=_positive_int, default=2, metavar="N",
-                        help="processes per contender (default: %(default)s)")
-    parser.add_argument("--results", default="benchmarks/results.jsonl", metavar="PATH",
-                        help="file the record is appended to (default: %(default)s)")
-    parser.set_defaults(handler=_bench)
+                    "float32, Adam 1e-4), alternating fresh processes.")
+    train.add_argument("--arch", choices=["tutorial", "paper"], default="tutorial",
+                       help="our architecture (default: %(default)s, the baseline's own)")
+    train.add_argument("--batch-size", type=_positive_int, default=256, metavar="N",
+                       help="images per step, both contenders (default: %(default)s)")
+    train.add_argument("--precision", choices=["float32", "mixed_bfloat16"],
+                       default="float32", help="our dtype policy (default: %(default)s)")
+    train.add_argument("--update", choices=["alternating", "simultaneous"],
+                       default="alternating", help="our update (train.update; default: "
+                                                   "%(default)s)")
+    train.add_argument("--steps-per-execution", type=_positive_int, default=1, metavar="N",
+                       help="our train.steps_per_execution (default: %(default)s)")
+    train.add_argument("--steps", type=_positive_int, default=30, metavar="N",
+                       help="timed steps per process (default: %(default)s)")
+    train.add_argument("--warmup", type=_positive_int, default=5, metavar="N",
+                       help="untimed steps first: tracing, allocation (default: %(default)s)")
+    train.add_argument("--repeats", type=_positive_int, default=2, metavar="N",
+                       help="processes per contender (default: %(default)s)")
+    train.set_defaults(handler=_bench_train)
+    quality = kinds.add_parser(
+        "quality", help="time to quality, our default recipe against the tutorial's",
+        description="Train the tutorial's recipe and ours (params.yaml's train section) on "
+                    "the pipeline's processed data, scoring the Fréchet distance (the evaluate "
+                    "stage's classifier) after every epoch, until each reaches the threshold: by "
+                    "default the tutorial's own distance after --threshold-epoch epochs. Run "
+                    "after `dvc repro classifier`.")
+    quality.add_argument("--threshold", type=float, metavar="FD",
+                         help="Fréchet distance to reach (default: the tutorial's at "
+                              "--threshold-epoch)")
+    quality.add_argument("--threshold-epoch", type=_positive_int, default=20, metavar="N",
+                         help="the tutorial epoch whose distance is the threshold "
+                              "(default: %(default)s)")
+    quality.add_argument("--max-epochs", type=_positive_int, default=60, metavar="N",
+                         help="give up after this many epochs (default: %(default)s)")
+    quality.add_argument("--data", default="data/processed/dataset.npz", metavar="PATH",
+                         help="processed data (default: %(default)s)")
+    quality.add_argument("--classifier", default="models/classifier.keras", metavar="PATH",
+                         help="the evaluate stage's classifier (default: %(default)s)")
+    quality.set_defaults(handler=_bench_quality)
+    for kind in (train, quality):
+        kind.add_argument("--results", default="benchmarks/results.jsonl", metavar="PATH",
+                          help="file the record is appended to (default: %(default)s)")
 
 
-def _bench(args: argparse.Namespace) -> None:
-    """Run the benchmark, print its record, append it to the results file."""
+def _bench_train(args: argparse.Namespace) -> None:
+    """Run the throughput benchmark; print and record it."""
+    from dcgan import bench
+
+    _record(bench.run_benchmark(args.arch, args.batch_size, args.precision, args.steps,
+                                args.warmup, args.repeats, update=args.update,
+                                steps_per_execution=args.steps_per_execution), args.results)
+
+
+def _bench_quality(args: argparse.Namespace) -> None:
+    """Run the time-to-quality benchmark; print and record it."""
+    from dcgan import bench_quality
+
+    _record(bench_quality.run(args.data, args.classifier, args.threshold, args.threshold_epoch,
+                              args.max_epochs), args.results)
+
+
+def _record(record: dict, results: str) -> None:
+    """Append a benchmark's record to the results file and print it as one JSON line."""
     import json
     from pathlib import Path
 
-    from dcgan import bench
+    from dcgan.bench import append_result
 
-    record = bench.run_benchmark(args.arch, args.batch_size, args.precision, args.steps,
-                                 args.warmup, args.repeats)
-    bench.append_result(record, Path(args.results))
+    append_result(record, Path(results))
     print(json.dumps(record))
 
 

@@ -81,6 +81,14 @@ class TrainConfig(_Section):
     precision: Literal["float32", "mixed_bfloat16"] = Field(
         "float32", description="Keras dtype policy"
     )
+    update: Literal["alternating", "simultaneous"] = Field(
+        "alternating",
+        description="alternating: D's step, then G's on fresh noise (two G forward passes); "
+                    "simultaneous: both from one G forward pass, as the TF tutorial",
+    )
+    steps_per_execution: int = Field(
+        1, ge=1, le=1000, description="train steps per call of the compiled train function"
+    )
     eval_every: int = Field(
         5, ge=0, le=100000,
         description="Fréchet distance of a fixed sample every this many epochs; 0 = off",

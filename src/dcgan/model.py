@@ -152,11 +152,14 @@ class DCGAN(keras.Model):
     """
 
     def __init__(self, generator: keras.Model, discriminator: keras.Model, latent_dim: int,
-                 seed: int, **kwargs):
+                 seed: int, update: str = "alternating", **kwargs):
         super().__init__(**kwargs)
         self.generator = generator
         self.discriminator = discriminator
         self.latent_dim = latent_dim
+        self.update = update  # "alternating" or "simultaneous": see train_step
+        self.d_has_batchnorm = any(isinstance(layer, layers.BatchNormalization)
+                                   for layer in discriminator.layers)
         # All noise comes from here, so a seed fixes every z the model draws.
         self.noise_seed = keras.random.SeedGenerator(seed)
         # Keras saves weights but not the RNG states kept beside them (this noise seed,
@@ -191,38 +194,74 @@ class DCGAN(keras.Model):
     def sample_noise(self, n: int | tf.Tensor) -> tf.Tensor:
         return keras.random.normal((n, self.latent_dim), seed=self.noise_seed)
 
+    def discriminate(self, real: tf.Tensor, fake: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """D's logits on real and on generated images, (B, 1) each.
+
+        A D with batch norm sees each kind in its own batch (the paper's practice: mixed
+        batches would let BN's statistics tell them apart). A D without it gets one call
+        on both, concatenated: one larger batch runs faster than two.
+        """
+        if self.d_has_batchnorm:
+            return (self.discriminator(real, training=True),
+                    self.discriminator(fake, training=True))
+        logits = self.discriminator(ops.concatenate([real, ops.cast(fake, real.dtype)]),
+                                    training=True)
+        return logits[:ops.shape(real)[0]], logits[ops.shape(real)[0]:]
+
     def train_step(self, real: tf.Tensor) -> dict[str, tf.Tensor]:
         batch = ops.shape(real)[0]
         ones, zeros = ops.ones((batch, 1)), ops.zeros((batch, 1))
-
-        # 1. Update D: real images towards 1, generated ones towards 0. Real and
-        #    fake go through D in separate batches so batch norm sees one kind at a time.
-        z = self.sample_noise(batch)  # (B, latent_dim)
-        with tf.GradientTape() as tape:
-            fake = self.generator(z, training=True)  # (B, H, W, C)
-            real_logits = self.discriminator(real, training=True)  # (B, 1)
-            fake_logits = self.discriminator(fake, training=True)
-            d_loss = self.bce(ones, real_logits) + self.bce(zeros, fake_logits)
-        grads = tape.gradient(d_loss, self.discriminator.trainable_variables)
-        self.d_optimizer.apply_gradients(
-            zip(grads, self.discriminator.trainable_variables, strict=True))
-
-        # 2. Update G with fresh noise: the non-saturating loss -log D(G(z))
-        #    (Goodfellow et al. 2014, section 3) gives strong early gradients.
-        z = self.sample_noise(batch)
-        with tf.GradientTape() as tape:
-            g_logits = self.discriminator(self.generator(z, training=True), training=True)
-            g_loss = self.bce(ones, g_logits)
-        grads = tape.gradient(g_loss, self.generator.trainable_variables)
-        self.g_optimizer.apply_gradients(
-            zip(grads, self.generator.trainable_variables, strict=True))
-
-        # 3. Report.
+        if self.update == "simultaneous":
+            d_loss, g_loss, real_logits, fake_logits = self._simultaneous_step(real, ones, zeros)
+        else:
+            d_loss, g_loss, real_logits, fake_logits = self._alternating_step(real, ones, zeros)
         self.d_loss_tracker.update_state(d_loss)
         self.g_loss_tracker.update_state(g_loss)
         self.d_real_tracker.update_state(ops.mean(ops.sigmoid(real_logits)))
         self.d_fake_tracker.update_state(ops.mean(ops.sigmoid(fake_logits)))
         return {m.name: m.result() for m in self.metrics}
+
+    def _alternating_step(self, real: tf.Tensor, ones: tf.Tensor,
+                          zeros: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        # 1. Update D: real images towards 1, generated ones towards 0.
+        z = self.sample_noise(ops.shape(real)[0])  # (B, latent_dim)
+        with tf.GradientTape() as tape:
+            fake = self.generator(z, training=True)  # (B, H, W, C)
+            real_logits, fake_logits = self.discriminate(real, fake)  # (B, 1) each
+            d_loss = self.bce(ones, real_logits) + self.bce(zeros, fake_logits)
+        self._apply(self.d_optimizer, tape.gradient(d_loss, self.discriminator.trainable_variables),
+                    self.discriminator)
+
+        # 2. Update G with fresh noise against the updated D: the non-saturating loss
+        #    -log D(G(z)) (Goodfellow et al. 2014, section 3) gives strong early gradients.
+        z = self.sample_noise(ops.shape(real)[0])
+        with tf.GradientTape() as tape:
+            g_logits = self.discriminator(self.generator(z, training=True), training=True)
+            g_loss = self.bce(ones, g_logits)
+        self._apply(self.g_optimizer, tape.gradient(g_loss, self.generator.trainable_variables),
+                    self.generator)
+        return d_loss, g_loss, real_logits, fake_logits
+
+    def _simultaneous_step(self, real: tf.Tensor, ones: tf.Tensor,
+                           zeros: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        # One G forward pass serves both updates, each taken at the current weights
+        # (the tutorial's step): G's costs about as much as the rest of the step together.
+        z = self.sample_noise(ops.shape(real)[0])
+        with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
+            fake = self.generator(z, training=True)
+            real_logits, fake_logits = self.discriminate(real, fake)
+            d_loss = self.bce(ones, real_logits) + self.bce(zeros, fake_logits)
+            g_loss = self.bce(ones, fake_logits)  # non-saturating, as above
+        d_grads = d_tape.gradient(d_loss, self.discriminator.trainable_variables)
+        g_grads = g_tape.gradient(g_loss, self.generator.trainable_variables)
+        self._apply(self.d_optimizer, d_grads, self.discriminator)
+        self._apply(self.g_optimizer, g_grads, self.generator)
+        return d_loss, g_loss, real_logits, fake_logits
+
+    @staticmethod
+    def _apply(optimizer: keras.optimizers.Optimizer, grads: list[tf.Tensor],
+               net: keras.Model) -> None:
+        optimizer.apply_gradients(zip(grads, net.trainable_variables, strict=True))
 
 
 def build_gan(cfg: TrainConfig, image_shape: tuple[int, int, int]) -> DCGAN:
@@ -234,12 +273,13 @@ def build_gan(cfg: TrainConfig, image_shape: tuple[int, int, int]) -> DCGAN:
         UserError: if the architecture cannot produce `image_shape`.
     """
     gan = DCGAN(Generator(cfg, image_shape), Discriminator(cfg, image_shape),
-                cfg.latent_dim, seed=cfg.seed, name="dcgan")
+                cfg.latent_dim, seed=cfg.seed, update=cfg.update, name="dcgan")
     gan(ops.zeros((1, cfg.latent_dim)))  # build, so checkpoints can be restored into it
     lr, beta1 = cfg.adam
     gan.compile(
         g_optimizer=keras.optimizers.Adam(lr, beta_1=beta1, name="g_adam"),
         d_optimizer=keras.optimizers.Adam(lr, beta_1=beta1, name="d_adam"),
+        steps_per_execution=cfg.steps_per_execution,
     )
     return gan
 

@@ -152,17 +152,13 @@ class EpochGrid(keras.callbacks.Callback):
         save_image(image_grid(np.asarray(images), GRID_ROWS), path)
 
 
-class QualityMonitor(keras.callbacks.Callback):
-    """Every `every` epochs (and after the last), the Fréchet distance between G's
-    samples from one fixed noise batch and real test images, in the evaluation
-    classifier's features: a row of the quality CSV and the MLflow step metric
-    `epoch_frechet_distance` (the evaluate stage's `frechet_distance` stays the final one).
-    """
+class FixedSampleFD:
+    """The Fréchet distance between a generator's samples from one fixed noise batch and
+    real test images, in the evaluation classifier's features."""
 
     def __init__(self, features: keras.Model, real_test: np.ndarray, latent_dim: int,
-                 every: int, path: Path, seed: int, batch_size: int = 256):
-        super().__init__()
-        self.features, self.every, self.path, self.batch_size = features, every, path, batch_size
+                 seed: int, batch_size: int = 256):
+        self.features, self.batch_size = features, batch_size
         rng = np.random.default_rng([seed, 1])  # a stream apart from the grid's noise
         n = min(QUALITY_SAMPLES, len(real_test))
         real = real_test[np.sort(rng.choice(len(real_test), size=n, replace=False))]
@@ -175,13 +171,27 @@ class QualityMonitor(keras.callbacks.Callback):
         return np.concatenate([np.asarray(model(x[i:i + self.batch_size], training=False))
                                for i in range(0, len(x), self.batch_size)])
 
+    def __call__(self, generator: keras.Model) -> float:
+        images = self._forward(generator, self.noise)
+        return frechet_distance(*gaussian_stats(self._forward(self.features, images)),
+                                *self.real_stats)
+
+
+class QualityMonitor(keras.callbacks.Callback):
+    """Every `every` epochs (and after the last), the `FixedSampleFD` of G: a row of the
+    quality CSV and the MLflow step metric `epoch_frechet_distance` (the evaluate stage's
+    `frechet_distance` stays the final one).
+    """
+
+    def __init__(self, score: FixedSampleFD, every: int, path: Path):
+        super().__init__()
+        self.score, self.every, self.path = score, every, path
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         done = epoch + 1
         if done % self.every and done != self.params["epochs"]:
             return
-        images = self._forward(self.model.generator, self.noise)
-        fake_stats = gaussian_stats(self._forward(self.features, images))
-        fd = frechet_distance(*fake_stats, *self.real_stats)
+        fd = self.score(self.model.generator)
         write_row(self.path, {"epoch": done, "frechet_distance": fd}, fresh=done <= self.every)
         tracking.log_metrics({"epoch_frechet_distance": fd}, step=done)
 
@@ -237,8 +247,8 @@ def _quality_monitor(cfg: TrainConfig, classifier_path: Path, real_test: np.ndar
             f"{classifier_path} expects images of shape {tuple(classifier.input_shape[1:])}, "
             f"the data has {real_test.shape[1:]}; rerun the classifier stage"
         )
-    return QualityMonitor(feature_extractor(classifier), real_test, cfg.latent_dim,
-                          cfg.eval_every, path, cfg.seed)
+    score = FixedSampleFD(feature_extractor(classifier), real_test, cfg.latent_dim, cfg.seed)
+    return QualityMonitor(score, cfg.eval_every, path)
 
 
 def train(params: Params, data_file: Path, classifier_path: Path, out: TrainOutputs) -> dict:

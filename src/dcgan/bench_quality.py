@@ -1,0 +1,156 @@
+"""Time to quality, our default recipe against the TensorFlow tutorial's: `dcgan bench quality`.
+
+A benchmark, not a test. Both recipes train on the pipeline's processed data and are scored
+after every epoch by the Fréchet distance that train's quality curve uses: the evaluate
+stage's classifier features of 1,000 samples from fixed noise against the real test images.
+
+- `tutorial`: the TensorFlow DCGAN tutorial as published: its architecture and train step
+  (`bench.tutorial_gan`), Adam 1e-4, float32, batch 256, `shuffle(60000).batch(256)`.
+- `ours`: params.yaml's train section through `fit()`, as the train stage runs it (without
+  the per-epoch grids, checkpoints and MLflow logs, which are not part of the recipe).
+
+The threshold, unless given, is the tutorial's own Fréchet distance after `threshold_epoch`
+epochs. Each recipe's time is its training wall-clock (scoring excluded) up to the first epoch
+at or below the threshold. Each recipe runs in a fresh process.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from dcgan.bench import machine, tutorial_gan
+from dcgan.classifier import feature_extractor
+from dcgan.config import load_params
+from dcgan.data import load_processed
+from dcgan.errors import UserError
+from dcgan.model import build_gan, load_model
+from dcgan.seeding import seed_everything
+from dcgan.training import FixedSampleFD, SeededBatches
+
+TUTORIAL = {"arch": "tutorial", "batch_size": 256, "lr": 1e-4, "precision": "float32",
+            "update": "simultaneous", "shuffle_buffer": 60000}
+
+
+def curve(recipe: str, data_file: Path, classifier_file: Path, epochs: int,
+          threshold: float | None = None, params_file: Path = Path("params.yaml"),
+          latent_dim: int = 100) -> list[dict]:
+    """Train `recipe` ("ours" or "tutorial") for up to `epochs` epochs in this process; one
+    `{"epoch", "seconds", "frechet_distance"}` per epoch, `seconds` being the cumulative
+    training time. Stops early at the first epoch at or below `threshold`, if given.
+    `ours` is `params_file`'s train section; `latent_dim` is the tutorial's (tests shrink it).
+
+    Stateful (seeds, dtype policy): call it in a fresh process, as `run` does.
+
+    Raises:
+        UserError: if the data or the classifier is missing or does not match.
+    """
+    data = load_processed(data_file)
+    classifier = load_model(classifier_file, remedy="run `dvc repro classifier` first")
+    if tuple(classifier.input_shape[1:]) != data.image_shape:
+        raise UserError(f"{classifier_file} does not take the data's images "
+                        f"{data.image_shape}; rerun `dvc repro classifier`")
+    points: list[dict] = []
+    # One scorer for both recipes: the same noise and real images (seed 0), so the two
+    # curves differ only by the generators.
+
+    def score(generator: keras.Model, epoch: int, seconds: float) -> bool:
+        """Record the epoch; True when the threshold is reached."""
+        fd = quality(generator)
+        points.append({"epoch": epoch, "seconds": round(seconds, 2),
+                       "frechet_distance": fd})
+        return threshold is not None and fd <= threshold
+
+    if recipe == "tutorial":
+        keras.utils.set_random_seed(0)
+        quality = FixedSampleFD(feature_extractor(classifier), data.test_x, latent_dim, seed=0)
+        step, generator = tutorial_gan(TUTORIAL["batch_size"], latent_dim, data.image_shape)
+        dataset = (tf.data.Dataset.from_tensor_slices(data.train_x)
+                   .shuffle(TUTORIAL["shuffle_buffer"]).batch(TUTORIAL["batch_size"]))
+        seconds = 0.0
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            for batch in dataset:
+                loss = step(batch)
+            float(loss)  # waits for the last step
+            seconds += time.perf_counter() - start
+            if score(generator, epoch, seconds):
+                break
+        return points
+    cfg = load_params(params_file).train
+    seed_everything(cfg.seed, cfg.precision)
+    quality = FixedSampleFD(feature_extractor(classifier), data.test_x, cfg.latent_dim, seed=0)
+    batches = SeededBatches(data.train_x, cfg.batch_size, cfg.seed)
+    gan = build_gan(cfg, data.image_shape)
+
+    class Score(keras.callbacks.Callback):
+        seconds = 0.0
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            self.seconds += time.perf_counter() - self.start
+            self.model.stop_training = score(self.model.generator, epoch + 1, self.seconds)
+
+    gan.fit(batches.dataset, epochs=epochs, callbacks=[batches, Score()], shuffle=False,
+            verbose=0)
+    return points
+
+
+def run(data_file: Path, classifier_file: Path, threshold: float | None, threshold_epoch: int,
+        max_epochs: int, params_file: Path = Path("params.yaml"), latent_dim: int = 100) -> dict:
+    """The tutorial recipe, then ours, each in a fresh process; the record.
+
+    Raises:
+        UserError: if a file is missing, or a recipe fails.
+    """
+    if not Path(data_file).is_file():
+        raise UserError(f"{data_file}: not found; run `dvc repro preprocess` first")
+    if not Path(classifier_file).is_file():
+        raise UserError(f"{classifier_file}: not found; run `dvc repro classifier` first")
+    cfg = load_params(params_file).train  # bad params fail now, not after the tutorial
+    given = threshold is not None
+    common = dict(data_file=str(data_file), classifier_file=str(classifier_file),
+                  params_file=str(params_file), latent_dim=latent_dim)
+    tutorial = _in_process(dict(recipe="tutorial", epochs=max_epochs if given else
+                                threshold_epoch, threshold=threshold, **common))
+    if not given:
+        threshold = tutorial[threshold_epoch - 1]["frechet_distance"]
+    ours = _in_process(dict(recipe="ours", epochs=max_epochs, threshold=threshold, **common))
+    reached = {name: next((p for p in points if p["frechet_distance"] <= threshold), None)
+               for name, points in (("tutorial", tutorial), ("ours", ours))}
+    record = {
+        "benchmark": "time_to_quality",
+        "threshold": threshold,
+        "threshold_from": "given" if given else f"tutorial recipe, epoch {threshold_epoch}",
+        "recipes": {"tutorial": TUTORIAL,
+                    "ours": {k: v for k, v in cfg.model_dump().items()
+                             if k not in ("eval_every", "collapse_patience", "collapse_d_loss")}},
+        "reached": reached,
+        "curves": {"tutorial": tutorial, "ours": ours},
+    }
+    ratio = (round(reached["ours"]["seconds"] / reached["tutorial"]["seconds"], 3)
+             if reached["tutorial"] and reached["ours"] else None)  # None: not reached
+    return {**record, "ours_over_tutorial_seconds": ratio,
+            "target": "ours <= 0.5 x tutorial seconds", "met": ratio is not None and ratio <= 0.5,
+            **machine()}
+
+
+def _in_process(args: dict) -> list[dict]:
+    """`curve(**args)` in a fresh Python process."""
+    code = ("import json, sys; from dcgan.bench_quality import curve; "
+            "print(json.dumps(curve(**json.loads(sys.argv[1]))))")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True,
+                          text=True)
+    if proc.returncode:
+        lines = proc.stderr.strip().splitlines() or ["no output"]
+        raise UserError(f"the {args['recipe']} recipe failed: {lines[-1]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
