@@ -43,9 +43,9 @@ def http_server(tmp_path: Path):
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """A tiny copy of this repo in a git repo, after one real `dvc repro` (about a minute).
 
-    Shared by test_pipeline.py, test_experiments.py and test_resume.py. Attributes: `path`,
-    `commit` (the commit the repro ran at), `first_repro` (its stdout) and `first_lock` (the
-    dvc.lock it wrote, parsed; later tests change the repo).
+    Shared by test_pipeline.py, test_experiments.py, test_remote.py (which copies it) and
+    test_resume.py. Attributes: `path`, `commit` (the commit the repro ran at), `first_repro`
+    (its stdout) and `first_lock` (the dvc.lock it wrote, parsed; later tests change the repo).
     """
     path = tmp_path_factory.mktemp("clone")
     commit = make_clone(path)

@@ -1,17 +1,24 @@
 """Helpers for the end-to-end tests: a tiny copy of this repo in a temporary git repo,
-and running commands (dvc, git, stage scripts) in it with a clean environment.
+running commands (dvc, git, stage scripts) in it with a clean environment, and a real
+`mlflow server` on 127.0.0.1.
 
-Imported by conftest.py (the session's `pipeline` fixture), test_pipeline.py and
-test_experiments.py.
+Imported by conftest.py (the session's `pipeline` fixture), test_pipeline.py,
+test_experiments.py and test_postgres.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 
@@ -74,3 +81,39 @@ def make_clone(dest: Path) -> str:
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], dest)
     return commit_all(dest, "tiny")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_store_uri: str, root: Path,
+                  timeout: float = 120) -> Iterator[SimpleNamespace]:
+    """A real `mlflow server` on 127.0.0.1 with `backend_store_uri`, serving artifacts from
+    root/artifacts (its log: root/server.log); yields `url` and `root` once /health answers,
+    and stops the server on exit. A server that dies or stays silent fails with its log."""
+    port = free_port()
+    cmd = ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", backend_store_uri,
+           "--artifacts-destination", str(root / "artifacts")]
+    url = f"http://127.0.0.1:{port}"
+    with open(root / "server.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=root, env=clean_env(), stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    urllib.request.urlopen(f"{url}/health", timeout=2).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise AssertionError((root / "server.log").read_text()[-3000:]) from None
+                    time.sleep(0.5)
+            yield SimpleNamespace(url=url, root=root)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)

@@ -11,16 +11,13 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import time
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from dvc_repo import clean_env, commit_all, run
+from dvc_repo import clean_env, commit_all, mlflow_server, run
 from mlflow.tracking import MlflowClient
 
 QUEUED = {"lr-high": 1e-3, "lr-low": 1e-4}  # experiment name -> train.lr
@@ -159,48 +156,22 @@ def test_plots_diff_renders_every_concern(queued: SimpleNamespace, tmp_path: Pat
 # ---------------------------------------------------------------- a real MLflow server
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def mlflow_server(tmp_path: Path):
+def server(tmp_path: Path):
     """`mlflow server` on 127.0.0.1 with a SQLite backend and artifacts in tmp_path."""
-    port = _free_port()
-    cmd = ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-           "--artifacts-destination", str(tmp_path / "artifacts")]
-    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError((tmp_path / "server.log").read_text()[-3000:]) from None
-                time.sleep(0.5)
-        yield SimpleNamespace(url=url, root=tmp_path)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+    with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path) as served:
+        yield served
 
 
 @pytest.mark.slow
-def test_experiments_against_a_real_mlflow_server(committed: SimpleNamespace, mlflow_server,
+def test_experiments_against_a_real_mlflow_server(committed: SimpleNamespace, server,
                                                  tmp_path: Path) -> None:
     repo = committed.repo
-    env = clean_env(MLFLOW_TRACKING_URI=mlflow_server.url)
+    env = clean_env(MLFLOW_TRACKING_URI=server.url)
     for name, lr in SERVED.items():
         run(["dvc", "exp", "run", "--temp", "-n", name, "-S", f"train.lr={lr}", "train"], repo,
             env=env)
-    client = MlflowClient(mlflow_server.url)
+    client = MlflowClient(server.url)
     runs = {name: _experiment_runs(client, name) for name in SERVED}
     assert {name: len(r) for name, r in runs.items()} == {name: 1 for name in SERVED}
     for name, lr in SERVED.items():
@@ -219,7 +190,7 @@ def test_experiments_against_a_real_mlflow_server(committed: SimpleNamespace, ml
             [m.value for m in sorted(client.get_metric_history(mlrun.info.run_id, "g_loss"),
                                      key=lambda m: m.step)])
     # The artifacts live in the server's store, and nothing reached the repo's own store.
-    assert list((mlflow_server.root / "artifacts").rglob("history.csv"))
+    assert list((server.root / "artifacts").rglob("history.csv"))
     local = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     assert all(not _experiment_runs(local, name) for name in SERVED)
     versions = client.search_model_versions("name = 'dcgan-generator'")

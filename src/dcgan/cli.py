@@ -110,7 +110,7 @@ def _rebuild(args: argparse.Namespace) -> None:
 
 
 def _add_bench(commands: argparse._SubParsersAction) -> None:
-    """Declare `dcgan bench train | quality`."""
+    """Declare `dcgan bench train | quality | generate | evaluate | repro | memory`."""
     parser = commands.add_parser(
         "bench", help="benchmarks: throughput and time to quality against the TF tutorial",
         description="Benchmarks, not tests: each prints one JSON line and appends it, with the "
@@ -159,9 +159,73 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     quality.add_argument("--classifier", default="models/classifier.keras", metavar="PATH",
                          help="the evaluate stage's classifier (default: %(default)s)")
     quality.set_defaults(handler=_bench_quality)
-    for kind in (train, quality):
+    for kind in (train, quality, *_add_stage_benches(kinds)):
         kind.add_argument("--results", default="benchmarks/results.jsonl", metavar="PATH",
                           help="file the record is appended to (default: %(default)s)")
+
+
+def _add_stage_benches(kinds: argparse._SubParsersAction) -> list[argparse.ArgumentParser]:
+    """Declare `dcgan bench generate | evaluate | repro | memory` (dcgan.bench_stages)."""
+    generate = kinds.add_parser(
+        "generate", help="samples/s of the generate stage's sampling",
+        description="Time the generate stage's own sampling (sampling.draw_samples) of N "
+                    "samples after one warm-up call; no files are written.")
+    generate.add_argument("--samples", type=_positive_int, default=10_000, metavar="N",
+                          help="samples to draw (default: %(default)s)")
+    evaluate = kinds.add_parser(
+        "evaluate", help="seconds of the evaluate stage's scoring",
+        description="Time the evaluate stage's scoring (every metric row, the classifier's "
+                    "accuracy) of N generated samples, against the processed data or against "
+                    "full-MNIST-sized real sets (50,000 train and 10,000 test images tiled "
+                    "from it).")
+    evaluate.add_argument("--real", choices=["default", "full_mnist_size"], default="default",
+                          help="real images to score against (default: %(default)s)")
+    evaluate.add_argument("--samples", type=_positive_int, default=10_000, metavar="N",
+                          help="generated samples (default: %(default)s)")
+    repro = kinds.add_parser(
+        "repro", help="seconds of a `dvc repro` with nothing to do",
+        description="The median of --runs `dvc repro` calls in a repo where `dvc status` "
+                    "shows nothing to do (it refuses otherwise).")
+    repro.add_argument("--runs", type=_positive_int, default=3, metavar="N",
+                       help="calls to time (default: %(default)s)")
+    memory = kinds.add_parser(
+        "memory", help="peak RSS of every stage, each in its own process",
+        description="Run each dvc.yaml stage command in a temporary copy of the repo, with "
+                    "few epochs, and read each one's peak RSS (os.wait4).")
+    memory.add_argument("--dataset", choices=["default", "60k"], default="default",
+                        help="params.yaml's dataset, or 60,000 synthetic 28x28 images "
+                             "(default: %(default)s)")
+    memory.add_argument("--epochs", type=_positive_int, default=1, metavar="N",
+                        help="train.epochs in the copy (default: %(default)s; the peak comes "
+                             "in the first)")
+    for kind, handler in ((generate, _bench_generate), (evaluate, _bench_evaluate),
+                          (repro, _bench_repro), (memory, _bench_memory)):
+        kind.set_defaults(handler=handler)
+    return [generate, evaluate, repro, memory]
+
+
+def _bench_generate(args: argparse.Namespace) -> None:
+    from dcgan import bench_stages
+
+    _record(bench_stages.generate_rate(num_samples=args.samples), args.results)
+
+
+def _bench_evaluate(args: argparse.Namespace) -> None:
+    from dcgan import bench_stages
+
+    _record(bench_stages.evaluate_seconds(args.real, args.samples), args.results)
+
+
+def _bench_repro(args: argparse.Namespace) -> None:
+    from dcgan import bench_stages
+
+    _record(bench_stages.noop_repro_seconds(runs=args.runs), args.results)
+
+
+def _bench_memory(args: argparse.Namespace) -> None:
+    from dcgan import bench_stages
+
+    _record(bench_stages.stage_memory(args.dataset, train_epochs=args.epochs), args.results)
 
 
 def _bench_train(args: argparse.Namespace) -> None:

@@ -90,6 +90,19 @@ def load_generator(path: Path) -> keras.Model:
     return load_model(path, remedy="run the train stage first (dvc repro train)")
 
 
+def draw_samples(generator: keras.Model, num_samples: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """`num_samples` images from noise z ~ N(0, I) drawn from `rng`: the generate stage's
+    samples (and what `dcgan.bench_stages` times).
+
+    Returns:
+        (num_samples, H, W, C) float32 in [-1, 1].
+    """
+    z = rng.standard_normal((num_samples, generator.input_shape[-1])).astype(np.float32)
+    # In batches, so a large num_samples stays within memory.
+    return generator.predict(z, batch_size=256, verbose=0).astype(np.float32)
+
+
 def generate(cfg: GenerateConfig, generator_path: Path, out_dir: Path, run_file: Path) -> dict:
     """Write samples, a sample grid and a latent-interpolation grid from a saved generator.
 
@@ -115,9 +128,8 @@ def _write_samples(generator: keras.Model, cfg: GenerateConfig, out_dir: Path) -
     latent_dim = generator.input_shape[-1]
     # One independent stream each, so the grid and the walks do not change with num_samples.
     rng, grid_rng, walk_rng = map(np.random.default_rng, np.random.SeedSequence(cfg.seed).spawn(3))
-    # 1. Samples, drawn in batches so a large num_samples stays within memory.
-    z = rng.standard_normal((cfg.num_samples, latent_dim)).astype(np.float32)
-    samples = generator.predict(z, batch_size=256, verbose=0).astype(np.float32)
+    # 1. Samples.
+    samples = draw_samples(generator, cfg.num_samples, rng)
     # 2. Grid.
     z_grid = grid_rng.standard_normal((cfg.grid_rows**2, latent_dim)).astype(np.float32)
     grid = generator.predict(z_grid, verbose=0)

@@ -28,6 +28,7 @@ import os
 import re
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,22 +66,35 @@ def experiment_name() -> str:
 
 
 def check_store(timeout: float = 5.0) -> None:
-    """Fail fast when the tracking URI names a server that does not answer.
+    """Fail fast when the tracking URI names a server that does not answer, or that
+    refuses the host name it is reached by.
 
     MLflow itself retries an unreachable server for minutes; train calls this before
     it loads anything, so a wrong `MLFLOW_TRACKING_URI` costs seconds, not a training run.
+    The probe is an API call rather than /health: a server reached by a name missing from
+    its `--allowed-hosts` (by default only localhost and private IPs are allowed) answers
+    /health but refuses every API call with 403.
 
     Raises:
-        UserError: if an http(s) tracking server does not answer its /health endpoint.
+        UserError: if an http(s) tracking server does not answer, or refuses the host name.
     """
     uri = tracking_uri()
     if not uri.startswith(("http://", "https://")):
         return
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+        probe = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
+        with urllib.request.urlopen(probe, timeout=timeout):
             pass
-    except urllib.error.HTTPError:
-        pass  # it answered: a server (or a proxy in front of one) is there
+    except urllib.error.HTTPError as err:
+        # It answered: a server (or a proxy in front of one) is there. Any status but the
+        # host check's is MLflow's client's to handle (a 401 asks for the credentials it sends).
+        if err.code == 403 and b"Invalid Host header" in err.read(500):
+            host = urllib.parse.urlsplit(uri).netloc
+            raise UserError(
+                f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) refuses requests for host "
+                f"{host!r}: start it with `--allowed-hosts {host}` (a comma-separated list), "
+                "or use a name it allows"
+            ) from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise UserError(

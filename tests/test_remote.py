@@ -1,0 +1,187 @@
+"""End to end: a shared DVC remote, round trip (slow, about 20 s after the `pipeline` fixture).
+
+Run with `pytest tests/test_remote.py -q`. A local directory stands in for S3 or GCS: the
+commands are the same with the dvc-s3 and dvc-gs plugins. A copy of the session's tiny
+pipeline (its workspace and DVC cache, so nothing trains again) commits dvc.lock and the
+`cache: false` outs to git, as this repo does, adds the remote to .dvc/config and runs
+`dvc push`. A `git clone` of it then runs `dvc pull`, which must restore every out with the
+md5 in dvc.lock, after which `dvc status` and `dvc repro` find nothing to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from dvc_repo import commit_all, ran_stages, run
+
+STAGES = {"fetch", "preprocess", "classifier", "train", "generate", "evaluate", "probe"}
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _outs(repo: Path) -> list[dict]:
+    """Every out of every stage in repo's dvc.lock, plus `cached`: False for the
+    `cache: false` outs of dvc.yaml (whose paths are written as `${paths.name}`)."""
+    pipeline = yaml.safe_load((repo / "dvc.yaml").read_text())
+    paths = pipeline["vars"][0]["paths"]
+    uncached = {re.sub(r"\$\{paths\.(\w+)\}", lambda m: paths[m[1]], next(iter(out)))
+                for stage in pipeline["stages"].values() for out in stage["outs"]
+                if isinstance(out, dict) and next(iter(out.values())).get("cache") is False}
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert set(lock) == STAGES
+    return [{**out, "cached": out["path"] not in uncached}
+            for entry in lock.values() for out in entry["outs"]]
+
+
+def _manifest(repo: Path, md5: str) -> list[dict]:
+    """The `.dir` object of a directory out: one {md5, relpath} per file."""
+    return json.loads((repo / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).read_text())
+
+
+def _objects(repo: Path, outs: list[dict]) -> set[str]:
+    """The cache objects a push must send: each cached file, each .dir and its files."""
+    needed = set()
+    for out in outs:
+        if out["cached"]:
+            needed.add(out["md5"])
+            if out["md5"].endswith(".dir"):
+                needed |= {entry["md5"] for entry in _manifest(repo, out["md5"])}
+    return needed
+
+
+def _files(repo: Path, outs: list[dict]) -> dict[str, int]:
+    """Every file under the outs, with its mtime in ns."""
+    paths = [p for out in outs for p in
+             ([repo / out["path"]] if (repo / out["path"]).is_file()
+              else sorted((repo / out["path"]).rglob("*")))]
+    return {str(p.relative_to(repo)): p.stat().st_mtime_ns for p in paths if p.is_file()}
+
+
+def _copy_without_history(src: Path, dest: Path) -> None:
+    """The workspace, DVC cache and MLflow store of src, without its git history or DVC's
+    scratch space (experiment queue, locks)."""
+    def skip(folder: str, names: list[str]) -> set[str]:
+        if Path(folder) == src:
+            return {".git"} & set(names)
+        return {"tmp"} & set(names) if Path(folder) == src / ".dvc" else set()
+    shutil.copytree(src, dest, ignore=skip)
+
+
+@pytest.fixture(scope="module")
+def round_trip(pipeline: SimpleNamespace,
+               tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp("remote")
+    origin, storage, fresh = root / "origin", root / "storage", root / "fresh"
+    # 1. A private copy: other tests change the fixture's params and commits, so take its
+    #    workspace as it is now; a repro brings it up to date (normally it runs nothing).
+    _copy_without_history(pipeline.path, origin)
+    run(["git", "init", "-q"], origin)
+    run(["dvc", "repro"], origin)
+    # 2. What a team commits: dvc.lock and the `cache: false` outs (git); then the remote
+    #    in .dvc/config, so every clone has it.
+    commit_all(origin, "pipeline outputs")
+    run(["dvc", "remote", "add", "-d", "storage", str(storage)], origin)
+    remote_commit = commit_all(origin, "DVC remote")
+    pushes = [run(["dvc", "push"], origin) for _ in range(2)]
+    # 3. Another machine: a clone has the code, dvc.lock and the uncached outs, no data.
+    run(["git", "clone", "-q", str(origin), str(fresh)], root)
+    outs = _outs(fresh)
+    missing_before = {o["path"] for o in outs if not (fresh / o["path"]).exists()}
+    pull = run(["dvc", "pull"], fresh)
+    status = run(["dvc", "status"], fresh)
+    cloud = run(["dvc", "status", "--cloud"], fresh)
+    mtimes = _files(fresh, outs)
+    repro = run(["dvc", "repro"], fresh)
+    return SimpleNamespace(origin=origin, storage=storage, fresh=fresh, outs=outs,
+                           pushes=pushes, pull=pull, status=status, cloud=cloud, repro=repro,
+                           mtimes=mtimes, missing_before=missing_before,
+                           remote_commit=remote_commit)
+
+
+@pytest.mark.slow
+def test_push_sends_each_cached_object_once(round_trip: SimpleNamespace) -> None:
+    rt = round_trip
+    needed = _objects(rt.fresh, rt.outs)
+    stored = {p.parent.name + p.name for p in (rt.storage / "files/md5").rglob("*")
+              if p.is_file()}
+    assert stored == needed  # every cached out, nothing else
+    # The `cache: false` outs (metrics, history, stats) live in git, never in the remote.
+    uncached = {o["md5"] for o in rt.outs if not o["cached"]}
+    assert {"data/metrics.json", "data/train/history.csv"} <= {
+        o["path"] for o in rt.outs if not o["cached"]}
+    assert not uncached & stored
+    first, second = rt.pushes
+    assert first.stdout.strip().splitlines()[-1] == f"{len(needed)} files pushed"
+    assert second.stdout.strip() == "Everything is up to date."
+
+
+@pytest.mark.slow
+def test_pull_restores_every_out_with_its_locked_md5(round_trip: SimpleNamespace) -> None:
+    rt = round_trip
+    # Before the pull the clone has exactly the uncached outs, from git.
+    assert rt.missing_before == {o["path"] for o in rt.outs if o["cached"]}
+    for out in rt.outs:
+        path = rt.fresh / out["path"]
+        if out["md5"].endswith(".dir"):
+            entries = _manifest(rt.fresh, out["md5"])
+            assert sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()) \
+                == sorted(e["relpath"] for e in entries), out["path"]
+            for entry in entries:
+                assert _md5(path / entry["relpath"]) == entry["md5"], entry["relpath"]
+            assert len(entries) == out["nfiles"]
+        else:
+            assert _md5(path) == out["md5"], out["path"]
+    files = sum(len(_manifest(rt.fresh, o["md5"])) if o["md5"].endswith(".dir") else 1
+                for o in rt.outs if o["cached"])
+    fetched = len(_objects(rt.fresh, rt.outs))
+    assert rt.pull.stdout.strip().splitlines()[-1] == \
+        f"{fetched} files fetched and {files} files added"
+    for path in ("models/generator.keras", "models/classifier.keras",
+                 "data/processed/dataset.npz"):
+        assert f"A       {path}" in rt.pull.stdout, path
+
+
+@pytest.mark.slow
+def test_pulled_clone_reruns_no_stage(round_trip: SimpleNamespace) -> None:
+    rt = round_trip
+    assert rt.status.stdout.strip() == "Data and pipelines are up to date."
+    assert rt.cloud.stdout.strip() == "Cache and remote 'storage' are in sync."
+    assert ran_stages(rt.repro.stdout) == set()
+    *skipped, last = rt.repro.stdout.strip().splitlines()
+    assert sorted(skipped) == sorted(f"Stage '{stage}' didn't change, skipping"
+                                     for stage in STAGES)
+    assert last == "Data and pipelines are up to date."
+    # No stage touched a file, and none opened MLflow (train, evaluate and probe would
+    # create the clone's store, which git does not carry).
+    assert _files(rt.fresh, rt.outs) == rt.mtimes
+    assert not (rt.fresh / "mlflow.db").exists()
+    assert run(["git", "status", "--porcelain"], rt.fresh).stdout == ""
+
+
+@pytest.mark.slow
+def test_a_local_remote_stays_out_of_git(round_trip: SimpleNamespace,
+                                         tmp_path: Path) -> None:
+    rt = round_trip
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(rt.origin), str(clone)], tmp_path)
+    run(["git", "checkout", "-q", f"{rt.remote_commit}~1"], clone)  # before the remote
+    no_remote = run(["dvc", "pull"], clone, check=False)
+    assert no_remote.returncode != 0
+    assert "No remote provided and no default remote set." in no_remote.stdout + \
+        no_remote.stderr
+    # --local writes .dvc/config.local, which git ignores: one machine's own remote.
+    run(["dvc", "remote", "add", "--local", "-d", "mine", str(rt.storage)], clone)
+    assert "mine" in (clone / ".dvc/config.local").read_text()
+    assert run(["git", "status", "--porcelain"], clone).stdout == ""
+    run(["dvc", "pull"], clone)
+    assert _md5(clone / "models/generator.keras") == next(
+        o["md5"] for o in rt.outs if o["path"] == "models/generator.keras")
