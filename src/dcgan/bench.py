@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -33,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from dcgan.config import TrainConfig
+from dcgan.errors import UserError
 from dcgan.model import Discriminator, Generator, build_gan
 from dcgan.seeding import seed_everything
 
@@ -130,11 +132,7 @@ def run_benchmark(arch: str, batch_size: int, precision: str, steps: int, warmup
             args = dict(contender=name, arch=arch, batch_size=batch_size, precision=precision,
                         steps=steps, warmup=warmup, update=update,
                         steps_per_execution=steps_per_execution, **sizes)
-            code = ("import json, sys; from dcgan.bench import measure; "
-                    "print(json.dumps(measure(**json.loads(sys.argv[1]))))")
-            proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)],
-                                  capture_output=True, text=True, check=True)
-            rates[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            rates[name].append(in_fresh_process("dcgan.bench", "measure", args))
     ours, tutorial = (statistics.median(rates[n]) for n in CONTENDERS)
     return {
         "benchmark": "train_throughput",
@@ -147,6 +145,25 @@ def run_benchmark(arch: str, batch_size: int, precision: str, steps: int, warmup
         "runs": {n: [round(r, 1) for r in v] for n, v in rates.items()},
         **machine(),
     }
+
+
+def in_fresh_process(module: str, function: str, args: dict) -> object:
+    """`module.function(**args)` in a fresh Python process; its JSON result.
+
+    Raises:
+        UserError: if the process fails; the message holds its last line on stderr.
+    """
+    code = (f"import json, sys; from {module} import {function}; "
+            f"print(json.dumps({function}(**json.loads(sys.argv[1]))))")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True,
+                          text=True)
+    if proc.returncode:
+        # The exception's own line (a traceback's last line may be a note under it).
+        lines = [line for line in proc.stderr.splitlines()
+                 if re.match(r"[\w.]+(Error|Exception): ", line)] or ["no error line"]
+        raise UserError(f"{function}({', '.join(f'{k}={v!r}' for k, v in args.items())}) "
+                        f"failed: {lines[-1]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def machine() -> dict:

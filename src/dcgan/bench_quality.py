@@ -16,16 +16,13 @@ at or below the threshold. Each recipe runs in a fresh process.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
-from dcgan.bench import machine, tutorial_gan
+from dcgan.bench import in_fresh_process, machine, tutorial_gan
 from dcgan.classifier import feature_extractor
 from dcgan.config import load_params
 from dcgan.data import load_processed
@@ -119,11 +116,14 @@ def run(data_file: Path, classifier_file: Path, threshold: float | None, thresho
     given = threshold is not None
     common = dict(data_file=str(data_file), classifier_file=str(classifier_file),
                   params_file=str(params_file), latent_dim=latent_dim)
-    tutorial = _in_process(dict(recipe="tutorial", epochs=max_epochs if given else
-                                threshold_epoch, threshold=threshold, **common))
+    epochs = max_epochs if given else threshold_epoch
+    tutorial = in_fresh_process("dcgan.bench_quality", "curve",
+                                dict(recipe="tutorial", epochs=epochs, threshold=threshold,
+                                     **common))
     if not given:
         threshold = tutorial[threshold_epoch - 1]["frechet_distance"]
-    ours = _in_process(dict(recipe="ours", epochs=max_epochs, threshold=threshold, **common))
+    ours = in_fresh_process("dcgan.bench_quality", "curve",
+                            dict(recipe="ours", epochs=max_epochs, threshold=threshold, **common))
     reached = {name: next((p for p in points if p["frechet_distance"] <= threshold), None)
                for name, points in (("tutorial", tutorial), ("ours", ours))}
     record = {
@@ -141,16 +141,3 @@ def run(data_file: Path, classifier_file: Path, threshold: float | None, thresho
     return {**record, "ours_over_tutorial_seconds": ratio,
             "target": "ours <= 0.5 x tutorial seconds", "met": ratio is not None and ratio <= 0.5,
             **machine()}
-
-
-def _in_process(args: dict) -> list[dict]:
-    """`curve(**args)` in a fresh Python process."""
-    code = ("import json, sys; from dcgan.bench_quality import curve; "
-            "print(json.dumps(curve(**json.loads(sys.argv[1]))))")
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True,
-                          text=True)
-    if proc.returncode:
-        lines = proc.stderr.strip().splitlines() or ["no output"]
-        raise UserError(f"the {args['recipe']} recipe failed: {lines[-1]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
