@@ -109,7 +109,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 
 def test_train_returns_last_logs_and_run_id(trained) -> None:
     result = trained.result
-    assert set(result) == METRICS | {"run_id"}
+    assert set(result) == METRICS | {"run_id", "weights_sha256"}
     assert all(np.isfinite(result[k]) for k in METRICS)
     # generate and evaluate find the run by the generator's hash, which its tag holds
     md5 = data.file_md5(trained.out.generator)
@@ -173,6 +173,7 @@ def test_mlflow_run(trained) -> None:
     tags = run.data.tags
     assert tags["data_md5"] == data.file_md5(trained.data_file)
     assert tags["arch"] == "paper" and tags["dataset"] == "mnist-5k"
+    assert (tags["distribution"], tags["replicas"], tags["workers"]) == ("none", "1", "1")
     assert 0 < run.data.metrics["train_seconds"] < 600
 
 

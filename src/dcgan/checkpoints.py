@@ -30,17 +30,25 @@ from pathlib import Path
 import keras
 
 from dcgan.config import TrainConfig
+from dcgan.distribution import agree
 from dcgan.errors import UserError
 from dcgan.outputs import atomic_path, replace_dir
 
 RUN_FILE = "run.json"
 
 
-def checkpoint_dir(root: Path, cfg: TrainConfig, data_md5: str) -> Path:
+def checkpoint_dir(root: Path, cfg: TrainConfig, data_md5: str, worker: int = 0) -> Path:
     """A checkpoint directory keyed by what shapes training, so changed params never resume
-    from a stale checkpoint."""
-    key = json.dumps({"train": cfg.model_dump(), "data": data_md5}, sort_keys=True)
-    return root / hashlib.sha256(key.encode()).hexdigest()[:16]
+    from a stale checkpoint.
+
+    `train.distribution` is not part of the key: the weights are the same whatever the
+    devices, so a run stopped on one GPU may resume on two. Worker N > 0 of a multi-worker
+    cluster keeps its own copy in `<key>-worker<N>` (it may share the chief's disk).
+    """
+    key = json.dumps({"train": cfg.model_dump(exclude={"distribution"}), "data": data_md5},
+                     sort_keys=True)
+    name = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return root / (f"{name}-worker{worker}" if worker else name)
 
 
 def saved_run_id(directory: Path) -> str | None:
@@ -111,7 +119,11 @@ class Checkpoint(keras.callbacks.BackupAndRestore):
         super().on_train_begin(logs)
         # The epoch is read from the restored weights' own step count, not Keras' epoch
         # file: a kill between writing the two would pair epoch N's weights with N - 1.
-        done = int(self.model.d_optimizer.iterations) // self.steps_per_epoch
+        done = int(self.model.d_optimizer.iterations.numpy()) // self.steps_per_epoch
+        if not agree(self.model.distribute_strategy, done):  # several workers: same epoch?
+            raise UserError(f"this worker's checkpoint is of epoch {done}, another worker's of "
+                            f"another epoch; delete {self.directory} on every worker and "
+                            "rerun them all (training starts over)")
         self.model._initial_epoch = done  # what BackupAndRestore itself sets
         for path in self.files:
             if path.exists():

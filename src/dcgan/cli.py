@@ -9,7 +9,9 @@ print one `error: ...` line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
+from pathlib import Path
 
 from dcgan import compare
 from dcgan.errors import UserError
@@ -34,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(commands)
     _add_rebuild(commands)
     _add_bench(commands)
+    _add_train_worker(commands)
     return parser
 
 
@@ -107,6 +110,47 @@ def _rebuild(args: argparse.Namespace) -> None:
     run = tracking.find_run(args.run_id)
     print("\n".join(rebuild.commands(run.info.run_id, run.info.run_name, run.data.params,
                                      run.data.tags, tracking.repo_root())))
+
+
+def _add_train_worker(commands: argparse._SubParsersAction) -> None:
+    """Declare `dcgan train-worker`."""
+    parser = commands.add_parser(
+        "train-worker", help="join a multi-worker training as one of its other workers",
+        description="Run the train stage's command from dvc.yaml as a non-chief worker of a "
+                    "multi-worker training (train.distribution: multi_worker). Set TF_CONFIG "
+                    "on every machine; the chief runs `dvc repro`, each other machine runs "
+                    "this in its clone, with the same params.yaml and data. A worker writes "
+                    "no outputs and does not log to MLflow.")
+    parser.add_argument("--repo", type=Path, default=Path("."), metavar="DIR",
+                        help="the project clone (default: the current directory)")
+    parser.set_defaults(handler=_train_worker)
+
+
+def _train_worker(args: argparse.Namespace) -> None:
+    """Run the train stage's command in the clone as a non-chief worker.
+
+    Raises:
+        UserError: if TF_CONFIG is unset, invalid or makes this the chief, or the params
+            do not ask for multi-worker training.
+        SystemExit: the command's status when it fails (it has printed its error).
+    """
+    from dcgan.cluster import task_rank, tf_config
+    from dcgan.config import load_params
+    from dcgan.stage import stage_command
+
+    config = tf_config()
+    if config is None:
+        raise UserError("TF_CONFIG is not set; set it to this machine's task in the cluster "
+                        "(README: Scaling out)")
+    if task_rank(config)[0] == 0:
+        raise UserError("TF_CONFIG makes this machine the chief; run `dvc repro` here instead")
+    kind = load_params(args.repo / "params.yaml").train.distribution
+    if kind != "multi_worker":
+        raise UserError(f"train.distribution is {kind} in {args.repo / 'params.yaml'}; set it "
+                        "to multi_worker, as on the chief")
+    code = subprocess.run(stage_command(args.repo, "train"), shell=True, cwd=args.repo).returncode
+    if code:
+        raise SystemExit(code)
 
 
 def _add_bench(commands: argparse._SubParsersAction) -> None:
@@ -248,7 +292,6 @@ def _bench_quality(args: argparse.Namespace) -> None:
 def _record(record: dict, results: str) -> None:
     """Append a benchmark's record to the results file and print it as one JSON line."""
     import json
-    from pathlib import Path
 
     from dcgan.bench import append_result
 

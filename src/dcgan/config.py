@@ -89,6 +89,12 @@ class TrainConfig(_Section):
     steps_per_execution: int = Field(
         1, ge=1, le=1000, description="train steps per call of the compiled train function"
     )
+    distribution: Literal["auto", "none", "mirrored", "multi_worker"] = Field(
+        "auto",
+        description="auto: all local GPUs if several, else one device; none: one device; "
+                    "mirrored: tf.distribute.MirroredStrategy over local devices; "
+                    "multi_worker: MultiWorkerMirroredStrategy, cluster from TF_CONFIG",
+    )
     eval_every: int = Field(
         5, ge=0, le=100000,
         description="Fréchet distance of a fixed sample every this many epochs; 0 = off",

@@ -21,6 +21,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from dcgan.config import TrainConfig, paper_start_size
+from dcgan.distribution import across_replicas, replica_slice, step_logs
 from dcgan.errors import UserError
 from dcgan.outputs import atomic_path
 
@@ -38,6 +39,10 @@ def _gamma_init() -> keras.initializers.Initializer:
     return keras.initializers.RandomNormal(1.0, 0.02)
 
 
+def _batch_norm(sync_bn: bool) -> layers.BatchNormalization:
+    return layers.BatchNormalization(gamma_initializer=_gamma_init(), synchronized=sync_bn)
+
+
 def _paper_depth(image_size: int) -> tuple[int, int]:
     """(start side s, number of stride-2 layers n) with image_size = s * 2**n."""
     start = paper_start_size(image_size)
@@ -46,15 +51,19 @@ def _paper_depth(image_size: int) -> tuple[int, int]:
     return start, int(math.log2(image_size // start))
 
 
-def Generator(cfg: TrainConfig, image_shape: tuple[int, int, int]) -> keras.Sequential:
+def Generator(cfg: TrainConfig, image_shape: tuple[int, int, int],
+              sync_bn: bool = False) -> keras.Sequential:
     """The generator G: z of `latent_dim` dims -> image of `image_shape` in [-1, 1].
+
+    `sync_bn`: batch norm takes its statistics over the global batch, across replicas
+    (set it when training on several; on one it would only cost time).
 
     Raises:
         UserError: if the architecture cannot produce `image_shape`.
     """
     size, _, channels = image_shape
     if cfg.arch == "tutorial":
-        return _tutorial_generator(cfg.latent_dim, size, channels)
+        return _tutorial_generator(cfg.latent_dim, size, channels, sync_bn)
     start, depth = _paper_depth(size)
     width = cfg.g_filters * 2 ** (depth - 1)
     model = keras.Sequential(name="generator")
@@ -62,14 +71,14 @@ def Generator(cfg: TrainConfig, image_shape: tuple[int, int, int]) -> keras.Sequ
     # The paper's "project and reshape" as a convolution: no fully connected hidden layer.
     model.add(layers.Reshape((1, 1, cfg.latent_dim)))  # (B, 1, 1, z)
     model.add(layers.Conv2DTranspose(width, start, use_bias=False, kernel_initializer=_w_init()))
-    model.add(layers.BatchNormalization(gamma_initializer=_gamma_init()))
+    model.add(_batch_norm(sync_bn))
     model.add(layers.ReLU())  # (B, s, s, F * 2**(n-1))
     for _ in range(depth - 1):
         width //= 2
         model.add(layers.Conv2DTranspose(
             width, 4, strides=2, padding="same", use_bias=False, kernel_initializer=_w_init()
         ))
-        model.add(layers.BatchNormalization(gamma_initializer=_gamma_init()))
+        model.add(_batch_norm(sync_bn))
         model.add(layers.ReLU())  # side doubles, width halves
     # No batch norm on G's output layer; tanh matches data scaled to [-1, 1].
     model.add(layers.Conv2DTranspose(
@@ -79,8 +88,9 @@ def Generator(cfg: TrainConfig, image_shape: tuple[int, int, int]) -> keras.Sequ
     return model
 
 
-def Discriminator(cfg: TrainConfig, image_shape: tuple[int, int, int]) -> keras.Sequential:
-    """The discriminator D: image -> one real/fake logit.
+def Discriminator(cfg: TrainConfig, image_shape: tuple[int, int, int],
+                  sync_bn: bool = False) -> keras.Sequential:
+    """The discriminator D: image -> one real/fake logit (`sync_bn`: as for `Generator`).
 
     Raises:
         UserError: if the architecture cannot take `image_shape`.
@@ -100,7 +110,7 @@ def Discriminator(cfg: TrainConfig, image_shape: tuple[int, int, int]) -> keras.
             cfg.d_filters * 2**i, 4, strides=2, padding="same", use_bias=False,
             kernel_initializer=_w_init(),
         ))
-        model.add(layers.BatchNormalization(gamma_initializer=_gamma_init()))
+        model.add(_batch_norm(sync_bn))
         model.add(layers.LeakyReLU(0.2))  # side halves, width doubles
     # "The last convolution layer is flattened and then fed into a single sigmoid output."
     model.add(layers.Flatten())
@@ -108,7 +118,8 @@ def Discriminator(cfg: TrainConfig, image_shape: tuple[int, int, int]) -> keras.
     return model
 
 
-def _tutorial_generator(latent_dim: int, size: int, channels: int) -> keras.Sequential:
+def _tutorial_generator(latent_dim: int, size: int, channels: int,
+                        sync_bn: bool) -> keras.Sequential:
     if size % 4:
         raise UserError(f"image size {size} cannot be produced by the tutorial architecture "
                         "(it needs a multiple of 4)")
@@ -116,14 +127,14 @@ def _tutorial_generator(latent_dim: int, size: int, channels: int) -> keras.Sequ
     return keras.Sequential([
         keras.Input((latent_dim,)),
         layers.Dense(start * start * 256, use_bias=False),
-        layers.BatchNormalization(),
+        layers.BatchNormalization(synchronized=sync_bn),
         layers.LeakyReLU(),
         layers.Reshape((start, start, 256)),  # (B, s, s, 256)
         layers.Conv2DTranspose(128, 5, strides=1, padding="same", use_bias=False),
-        layers.BatchNormalization(),
+        layers.BatchNormalization(synchronized=sync_bn),
         layers.LeakyReLU(),  # (B, s, s, 128)
         layers.Conv2DTranspose(64, 5, strides=2, padding="same", use_bias=False),
-        layers.BatchNormalization(),
+        layers.BatchNormalization(synchronized=sync_bn),
         layers.LeakyReLU(),  # (B, 2s, 2s, 64)
         layers.Conv2DTranspose(channels, 5, strides=2, padding="same", use_bias=False),
         layers.Activation("tanh", dtype="float32"),  # (B, 4s, 4s, C)
@@ -181,7 +192,8 @@ class DCGAN(keras.Model):
         # Build the slots now so a checkpoint restores them before the first step.
         g_optimizer.build(self.generator.trainable_variables)
         d_optimizer.build(self.discriminator.trainable_variables)
-        self.bce = keras.losses.BinaryCrossentropy(from_logits=True)
+        # Per example: `_average` takes the mean over the global batch itself.
+        self.bce = keras.losses.BinaryCrossentropy(from_logits=True, reduction="none")
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
@@ -193,6 +205,21 @@ class DCGAN(keras.Model):
 
     def sample_noise(self, n: int | tf.Tensor) -> tf.Tensor:
         return keras.random.normal((n, self.latent_dim), seed=self.noise_seed)
+
+    def replica_noise(self, batch: int | tf.Tensor) -> tf.Tensor:
+        """This replica's `batch` rows of one noise draw for the global batch: together,
+        the replicas use exactly the noise one device would draw (the seed state is the
+        same on all of them, so each drawing its own would repeat one slice N times)."""
+        replica, replicas = replica_slice()
+        return self.sample_noise(batch * replicas)[replica * batch:(replica + 1) * batch]
+
+    def _average(self, labels: tf.Tensor, logits: tf.Tensor, replicas: int) -> tf.Tensor:
+        """Cross-entropy summed over this replica's examples, divided by the global batch,
+        as tf.distribute expects: the replicas' gradients are summed, so their sum is the
+        gradient of the mean over the global batch (on one device, the plain mean)."""
+        per_example = self.bce(labels, logits)  # (B,)
+        return ops.divide_no_nan(ops.sum(per_example),
+                                 ops.cast(ops.shape(per_example)[0] * replicas, "float32"))
 
     def discriminate(self, real: tf.Tensor, fake: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """D's logits on real and on generated images, (B, 1) each.
@@ -209,35 +236,42 @@ class DCGAN(keras.Model):
         return logits[:ops.shape(real)[0]], logits[ops.shape(real)[0]:]
 
     def train_step(self, real: tf.Tensor) -> dict[str, tf.Tensor]:
+        # On several replicas (tf.distribute) `real` is this replica's slice of the batch.
         batch = ops.shape(real)[0]
         ones, zeros = ops.ones((batch, 1)), ops.zeros((batch, 1))
         if self.update == "simultaneous":
             d_loss, g_loss, real_logits, fake_logits = self._simultaneous_step(real, ones, zeros)
         else:
             d_loss, g_loss, real_logits, fake_logits = self._alternating_step(real, ones, zeros)
-        self.d_loss_tracker.update_state(d_loss)
-        self.g_loss_tracker.update_state(g_loss)
-        self.d_real_tracker.update_state(ops.mean(ops.sigmoid(real_logits)))
-        self.d_fake_tracker.update_state(ops.mean(ops.sigmoid(fake_logits)))
-        return {m.name: m.result() for m in self.metrics}
+        # Each replica's losses are its share of the global mean; the trackers get the
+        # whole, identical on every replica (one device: the values themselves).
+        self.d_loss_tracker.update_state(across_replicas(d_loss, "sum"))
+        self.g_loss_tracker.update_state(across_replicas(g_loss, "sum"))
+        self.d_real_tracker.update_state(across_replicas(ops.mean(ops.sigmoid(real_logits)),
+                                                         "mean"))
+        self.d_fake_tracker.update_state(across_replicas(ops.mean(ops.sigmoid(fake_logits)),
+                                                         "mean"))
+        return step_logs({m.name: m.result() for m in self.metrics})
 
     def _alternating_step(self, real: tf.Tensor, ones: tf.Tensor,
                           zeros: tf.Tensor) -> tuple[tf.Tensor, ...]:
         # 1. Update D: real images towards 1, generated ones towards 0.
-        z = self.sample_noise(ops.shape(real)[0])  # (B, latent_dim)
+        replicas = replica_slice()[1]
+        z = self.replica_noise(ops.shape(real)[0])  # (B, latent_dim)
         with tf.GradientTape() as tape:
             fake = self.generator(z, training=True)  # (B, H, W, C)
             real_logits, fake_logits = self.discriminate(real, fake)  # (B, 1) each
-            d_loss = self.bce(ones, real_logits) + self.bce(zeros, fake_logits)
+            d_loss = (self._average(ones, real_logits, replicas)
+                      + self._average(zeros, fake_logits, replicas))
         self._apply(self.d_optimizer, tape.gradient(d_loss, self.discriminator.trainable_variables),
                     self.discriminator)
 
         # 2. Update G with fresh noise against the updated D: the non-saturating loss
         #    -log D(G(z)) (Goodfellow et al. 2014, section 3) gives strong early gradients.
-        z = self.sample_noise(ops.shape(real)[0])
+        z = self.replica_noise(ops.shape(real)[0])
         with tf.GradientTape() as tape:
             g_logits = self.discriminator(self.generator(z, training=True), training=True)
-            g_loss = self.bce(ones, g_logits)
+            g_loss = self._average(ones, g_logits, replicas)
         self._apply(self.g_optimizer, tape.gradient(g_loss, self.generator.trainable_variables),
                     self.generator)
         return d_loss, g_loss, real_logits, fake_logits
@@ -246,12 +280,14 @@ class DCGAN(keras.Model):
                            zeros: tf.Tensor) -> tuple[tf.Tensor, ...]:
         # One G forward pass serves both updates, each taken at the current weights
         # (the tutorial's step): G's costs about as much as the rest of the step together.
-        z = self.sample_noise(ops.shape(real)[0])
+        replicas = replica_slice()[1]
+        z = self.replica_noise(ops.shape(real)[0])
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
             fake = self.generator(z, training=True)
             real_logits, fake_logits = self.discriminate(real, fake)
-            d_loss = self.bce(ones, real_logits) + self.bce(zeros, fake_logits)
-            g_loss = self.bce(ones, fake_logits)  # non-saturating, as above
+            d_loss = (self._average(ones, real_logits, replicas)
+                      + self._average(zeros, fake_logits, replicas))
+            g_loss = self._average(ones, fake_logits, replicas)  # non-saturating, as above
         d_grads = d_tape.gradient(d_loss, self.discriminator.trainable_variables)
         g_grads = g_tape.gradient(g_loss, self.generator.trainable_variables)
         self._apply(self.d_optimizer, d_grads, self.discriminator)
@@ -264,23 +300,29 @@ class DCGAN(keras.Model):
         optimizer.apply_gradients(zip(grads, net.trainable_variables, strict=True))
 
 
-def build_gan(cfg: TrainConfig, image_shape: tuple[int, int, int]) -> DCGAN:
+def build_gan(cfg: TrainConfig, image_shape: tuple[int, int, int],
+              strategy: tf.distribute.Strategy | None = None) -> DCGAN:
     """Build and compile the DCGAN for `image_shape` with the config's Adam settings.
 
     Call `keras.utils.set_random_seed` first: the initial weights draw from it.
+    With a `strategy` (distribution.make_strategy) the variables are made in its scope,
+    so `fit()` runs each step on all its replicas; with several, batch norm syncs.
 
     Raises:
         UserError: if the architecture cannot produce `image_shape`.
     """
-    gan = DCGAN(Generator(cfg, image_shape), Discriminator(cfg, image_shape),
-                cfg.latent_dim, seed=cfg.seed, update=cfg.update, name="dcgan")
-    gan(ops.zeros((1, cfg.latent_dim)))  # build, so checkpoints can be restored into it
-    lr, beta1 = cfg.adam
-    gan.compile(
-        g_optimizer=keras.optimizers.Adam(lr, beta_1=beta1, name="g_adam"),
-        d_optimizer=keras.optimizers.Adam(lr, beta_1=beta1, name="d_adam"),
-        steps_per_execution=cfg.steps_per_execution,
-    )
+    strategy = strategy or tf.distribute.get_strategy()
+    sync_bn = strategy.num_replicas_in_sync > 1
+    with strategy.scope():
+        gan = DCGAN(Generator(cfg, image_shape, sync_bn), Discriminator(cfg, image_shape, sync_bn),
+                    cfg.latent_dim, seed=cfg.seed, update=cfg.update, name="dcgan")
+        gan(ops.zeros((1, cfg.latent_dim)))  # build, so checkpoints can be restored into it
+        lr, beta1 = cfg.adam
+        gan.compile(
+            g_optimizer=keras.optimizers.Adam(lr, beta_1=beta1, name="g_adam"),
+            d_optimizer=keras.optimizers.Adam(lr, beta_1=beta1, name="d_adam"),
+            steps_per_execution=cfg.steps_per_execution,
+        )
     return gan
 
 

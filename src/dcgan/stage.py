@@ -38,6 +38,27 @@ def stage_args(doc: str | None, *paths: str) -> tuple[Params, argparse.Namespace
     return load_params(args.params), args
 
 
+def stage_command(root: Path, name: str) -> str:
+    """The shell command of stage `name` in `root`/dvc.yaml, its `${vars}` filled in by DVC.
+
+    Raises:
+        UserError: if `root` holds no DVC pipeline with that stage.
+    """
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo:
+            cmds = {getattr(s, "name", None): s.cmd for s in repo.index.stages}
+    except DvcException as err:
+        raise UserError(f"{root}: cannot read the DVC pipeline ({err}); run this in a clone "
+                        "of the project") from None
+    if name not in cmds:
+        raise UserError(f"{root}/dvc.yaml has no stage {name!r}; run this in a clone of the "
+                        "project")
+    return cmds[name]
+
+
 def stage_main(main: Callable[[], None]) -> None:
     """Run a stage's `main()`, reporting a `UserError` as one line and exit status 2.
 

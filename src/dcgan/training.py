@@ -14,6 +14,7 @@ At the end it writes a GIF of the grids and saves G and D as `.keras` files.
 from __future__ import annotations
 
 import csv
+import hashlib
 import shutil
 import sys
 import time
@@ -30,6 +31,7 @@ from dcgan.checkpoints import Checkpoint, Progress, checkpoint_dir, save_run_id,
 from dcgan.classifier import feature_extractor
 from dcgan.config import Params, TrainConfig, flatten
 from dcgan.data import file_md5, load_processed
+from dcgan.distribution import Role, agree, lost_contact, make_strategy
 from dcgan.errors import UserError
 from dcgan.guards import CollapseWatch, DivergenceGuard
 from dcgan.metrics import frechet_distance, gaussian_stats
@@ -86,8 +88,14 @@ class SeededBatches(keras.callbacks.Callback):
 
         # Full batches only: a tiny last batch would skew batch-norm statistics. Each
         # epoch leaves out a different remainder, as a shuffle would.
+        # Under tf.distribute, fit() splits each batch over the replicas; with several
+        # workers, each takes its part of every batch (sharding by data: the source is a
+        # range, not files).
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA)
         self.dataset = (tf.data.Dataset.range(n).batch(batch_size, drop_remainder=True)
-                        .map(gather).prefetch(tf.data.AUTOTUNE))
+                        .map(gather).prefetch(tf.data.AUTOTUNE).with_options(options))
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch.assign(epoch)  # before fit() opens the epoch's iterator
@@ -251,6 +259,69 @@ def _quality_monitor(cfg: TrainConfig, classifier_path: Path, real_test: np.ndar
     return QualityMonitor(score, cfg.eval_every, path)
 
 
+def weights_sha256(gan: keras.Model) -> str:
+    """A digest of G's and D's weights, to check that workers hold the same model."""
+    digest = hashlib.sha256()
+    for weight in [*gan.generator.weights, *gan.discriminator.weights]:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def _replica_batch(batch_size: int, role: Role) -> None:
+    """Raise a UserError unless the global batch splits evenly over the replicas."""
+    if batch_size % role.replicas:
+        raise UserError(f"train.batch_size = {batch_size} does not split evenly over "
+                        f"{role.replicas} replicas; use a multiple of {role.replicas}")
+
+
+def _fit(gan: keras.Model, role: Role, dataset: tf.data.Dataset, epochs: int,
+         callbacks: list[keras.callbacks.Callback]) -> None:
+    """`fit()`, with Keras' progress bar on a terminal and one line per epoch in logs; with
+    several workers, a collective that fails because one is gone becomes one error line."""
+    verbose = 1 if sys.stdout.isatty() else 2
+    try:
+        gan.fit(dataset, epochs=epochs, callbacks=callbacks, shuffle=False, verbose=verbose)
+    except tf.errors.OpError as err:
+        if role.kind != "multi_worker":
+            raise
+        raise lost_contact(err) from None
+
+
+def _same_everywhere(role: Role, ckpt: Path) -> None:
+    """Raise a UserError unless every worker trains the same params on the same data (the
+    checkpoint directory's name is a hash of both); otherwise they would wait on each other
+    for ever or train apart."""
+    try:
+        same = agree(role.strategy, int(ckpt.name[:5], 16))
+    except tf.errors.OpError as err:
+        raise lost_contact(err) from None
+    if not same:
+        raise UserError("the workers' train params or data differ; give every worker the "
+                        "same params.yaml and data (git pull, dvc pull) and restart them all")
+
+
+def _finish_together(role: Role) -> None:
+    """With several workers, wait until all have finished: the chief has then written its
+    outputs, and no worker leaves while another still needs it (TF would log it as a
+    crash)."""
+    if role.kind == "multi_worker":
+        try:
+            agree(role.strategy, 1)
+        except tf.errors.OpError as err:
+            raise lost_contact(err) from None
+
+
+def _train_worker(gan: keras.Model, cfg: TrainConfig, batches: SeededBatches, ckpt: Path,
+                  steps: int, role: Role) -> dict:
+    """A non-chief worker's part: the same steps in lockstep with the chief, checkpointed
+    to resume, and nothing else (no outputs, no MLflow)."""
+    _fit(gan, role, batches.dataset, cfg.epochs,
+         [batches, DivergenceGuard(cfg.adam[0], ckpt), Checkpoint(ckpt, [], steps)])
+    _finish_together(role)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return {"worker": role.worker, "weights_sha256": weights_sha256(gan)}
+
+
 def train(params: Params, data_file: Path, classifier_path: Path, out: TrainOutputs) -> dict:
     """Train the DCGAN on the processed data and write every train output.
 
@@ -264,25 +335,36 @@ def train(params: Params, data_file: Path, classifier_path: Path, out: TrainOutp
             quality-over-training Fréchet distance uses (unread if train.eval_every is 0).
         out: output paths.
 
+    Under `train.distribution: multi_worker` every worker of the cluster calls this; only
+    the chief writes `out` and logs, the others return once training is done.
+
     Returns:
-        The last epoch's logs and the MLflow run id.
+        The last epoch's logs, the MLflow run id and a digest of the weights (a non-chief
+        worker: its index and the digest).
 
     Raises:
-        UserError: on data that the config cannot train on, on divergence, on a full disk.
+        UserError: on data that the config cannot train on, on divergence, on a full disk,
+            on a distribution that cannot run here (see distribution.make_strategy).
     """
     cfg = params.train
-    tracking.check_store()  # an unreachable tracking server fails now, not after training
+    role = make_strategy(cfg.distribution)  # before any TF work (multi-worker needs it)
+    if role.chief:
+        tracking.check_store()  # an unreachable tracking server fails now, not after training
     data = load_processed(data_file)
     data_md5 = file_md5(data_file)
+    _replica_batch(cfg.batch_size, role)
     # 1. Seeds first: the initial weights and the noise draw from them.
     seed_everything(cfg.seed, cfg.precision)
     batches = SeededBatches(data.train_x, cfg.batch_size, cfg.seed)
-    gan = build_gan(cfg, data.image_shape)
-    ckpt = checkpoint_dir(out.checkpoints, cfg, data_md5)
+    gan = build_gan(cfg, data.image_shape, role.strategy)
+    ckpt = checkpoint_dir(out.checkpoints, cfg, data_md5, role.worker)
+    steps = len(data.train_x) // cfg.batch_size
+    _same_everywhere(role, ckpt)
+    if not role.chief:
+        return _train_worker(gan, cfg, batches, ckpt, steps, role)
     progress = Progress.inside(ckpt, out)
     quality = _quality_monitor(cfg, classifier_path, data.test_x, progress.quality)
-    callbacks = _callbacks(cfg, ckpt, progress, batches, len(data.train_x) // cfg.batch_size,
-                           quality)
+    callbacks = _callbacks(cfg, ckpt, progress, batches, steps, quality)
     tags = {"dataset": params.fetch.dataset, "data_md5": data_md5, "arch": cfg.arch}
     default_name = f"{cfg.arch}-{params.fetch.dataset}-{params.preprocess.image_size}px"
     # 2. Train inside the MLflow run; it is marked FAILED if anything raises. A training
@@ -290,13 +372,11 @@ def train(params: Params, data_file: Path, classifier_path: Path, out: TrainOutp
     # that shape the model; generate and evaluate, which may rerun on the same model with
     # new params, record theirs as tags.
     logged = flatten(params, ("fetch", "preprocess", "train"))
-    with tracking.start_run(logged, tags, default_name, resume=saved_run_id(ckpt)) as run_id:
+    with tracking.start_run(logged, {**tags, **role.tags()}, default_name,
+                            resume=saved_run_id(ckpt)) as run_id:
         save_run_id(ckpt, run_id)
-        # Keras' live progress bar on a terminal, one line per epoch in logs.
-        verbose = 1 if sys.stdout.isatty() else 2
         start = time.perf_counter()
-        gan.fit(batches.dataset, epochs=cfg.epochs, callbacks=callbacks, shuffle=False,
-                verbose=verbose)
+        _fit(gan, role, batches.dataset, cfg.epochs, callbacks)
         tracking.log_metrics({"train_seconds": time.perf_counter() - start})
         # 3. The GIF of the epoch grids and the two networks, beside the rest; logged.
         make_gif(sorted(progress.grids.glob("epoch_*.png")), progress.gif)
@@ -311,6 +391,8 @@ def train(params: Params, data_file: Path, classifier_path: Path, out: TrainOutp
         progress.publish(out)
         tracking.write_run_file(out.run_file, tags["generator_md5"])
     shutil.rmtree(ckpt)
+    _finish_together(role)
     with open(out.history, newline="") as f:  # the last epoch, also if fit() resumed there
         last = list(csv.DictReader(f))[-1]
-    return {"run_id": run_id, **{k: float(v) for k, v in last.items() if k != "epoch"}}
+    return {"run_id": run_id, **{k: float(v) for k, v in last.items() if k != "epoch"},
+            "weights_sha256": weights_sha256(gan)}

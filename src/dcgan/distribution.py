@@ -1,0 +1,175 @@
+"""Training on several devices or machines, with TensorFlow's own `tf.distribute`.
+
+`train.distribution` picks the strategy (`make_strategy`):
+- `auto`: all local GPUs when there are two or more (mirrored), else one device;
+- `none`: one device, no strategy;
+- `mirrored`: `tf.distribute.MirroredStrategy` over the local GPUs (over the logical CPUs
+  when there is no GPU: one, unless `DCGAN_VIRTUAL_CPUS` splits the CPU, see below);
+- `multi_worker`: `tf.distribute.MultiWorkerMirroredStrategy`; the cluster and this
+  process's place in it come from the `TF_CONFIG` environment variable.
+
+Every replica gets an equal slice of the global batch (`train.batch_size`); the model
+averages per-example losses over the global batch and the optimisers sum the replicas'
+gradients, so a step on N replicas is the single-device step (see `model.DCGAN`).
+
+Only the chief (TF_CONFIG's `chief`, else worker 0) logs to MLflow and writes outputs;
+every other worker trains in step with it and keeps its own checkpoint to resume from.
+
+`DCGAN_VIRTUAL_CPUS=N` splits the CPU into N logical devices before TensorFlow starts, so
+the mirrored path (sync batch norm, all-reduce) can be tried and tested without GPUs; it
+makes nothing faster.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from dcgan.cluster import task_rank, tf_config
+from dcgan.errors import UserError
+
+VIRTUAL_CPUS = "DCGAN_VIRTUAL_CPUS"
+
+
+@dataclass(frozen=True)
+class Role:
+    """This process's part in training: `kind` is the strategy in force (none, mirrored or
+    multi_worker: what `auto` resolved to); `chief` writes outputs and logs; `worker` is
+    its index among the cluster's tasks (0 without a cluster), for its own checkpoint."""
+
+    kind: str
+    strategy: tf.distribute.Strategy
+    chief: bool
+    worker: int
+    workers: int
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+    def tags(self) -> dict[str, str]:
+        """What the MLflow run records about the set-up."""
+        return {"distribution": self.kind, "replicas": str(self.replicas),
+                "workers": str(self.workers)}
+
+
+def configure_virtual_cpus() -> None:
+    """Split the CPU into `DCGAN_VIRTUAL_CPUS` logical devices, if set.
+
+    Raises:
+        UserError: if the value is not a whole number from 1 to 64, or TensorFlow has
+            already started (its devices can then no longer change).
+    """
+    raw = os.environ.get(VIRTUAL_CPUS, "").strip()
+    if not raw:
+        return
+    if not raw.isdigit() or not 1 <= int(raw) <= 64:
+        raise UserError(f"{VIRTUAL_CPUS}={raw!r} is invalid: give a whole number from 1 to "
+                        "64, or unset it")
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(int(raw))])
+    except RuntimeError:  # already initialised: allowed only if it is already so
+        if len(tf.config.list_logical_devices("CPU")) != int(raw):
+            raise UserError(f"{VIRTUAL_CPUS} was set after TensorFlow started; set it in the "
+                            "environment of the command instead") from None
+
+
+def make_strategy(kind: str) -> Role:
+    """The strategy for `train.distribution` and this process's role in it.
+
+    Call it before any other TensorFlow work in the process: a multi-worker strategy
+    must be created first, and logical devices can only be set up before TF starts.
+
+    Raises:
+        UserError: if TF_CONFIG is invalid, missing for `multi_worker`, or names a cluster
+            of several tasks when the distribution is not `multi_worker` (each process would
+            train on its own and all of them would write the same outputs).
+    """
+    configure_virtual_cpus()
+    config = tf_config()
+    tasks = task_rank(config)[1] if config else 1
+    if kind != "multi_worker":
+        if tasks > 1:
+            raise UserError(
+                f"TF_CONFIG names a cluster of {tasks} tasks but train.distribution is "
+                f"{kind}; set train.distribution: multi_worker, or unset TF_CONFIG")
+        gpus = tf.config.list_logical_devices("GPU")
+        if kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
+            devices = gpus or tf.config.list_logical_devices("CPU")
+            strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
+            return Role("mirrored", strategy, chief=True, worker=0, workers=1)
+        return Role("none", tf.distribute.get_strategy(), chief=True, worker=0, workers=1)
+    if config is None:
+        raise UserError(
+            "train.distribution is multi_worker but TF_CONFIG is not set; set it on every "
+            "machine (README: Scaling out), or use train.distribution: auto")
+    rank, count = task_rank(config)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    return Role("multi_worker", strategy, chief=rank == 0, worker=rank, workers=count)
+
+
+def across_replicas(value: tf.Tensor, op: str) -> tf.Tensor:
+    """Inside a train step: the `op` ("sum" or "mean") of `value` over the replicas; the
+    value itself on one replica."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return value
+    reduce = tf.distribute.ReduceOp.SUM if op == "sum" else tf.distribute.ReduceOp.MEAN
+    return ctx.all_reduce(reduce, value)
+
+
+def replica_slice() -> tuple[int | tf.Tensor, int]:
+    """Inside a train step: (this replica's index, the number of replicas)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None:
+        return 0, 1
+    return ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync
+
+
+def step_logs(logs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """A train step's scalar logs in the shape Keras can reduce over workers.
+
+    Keras 3 reduces a multi-worker step's logs with `strategy.reduce("MEAN", v, axis=0)`,
+    which fails on scalars ("Invalid reduction dimension 0 for input with 0 dimensions",
+    tensorflow/tensorflow#72388); as vectors of one they reduce to the scalar mean.
+    """
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        return {name: tf.reshape(value, (1,)) for name, value in logs.items()}
+    return logs
+
+
+def agree(strategy: tf.distribute.Strategy, value: int) -> bool:
+    """Whether every worker passed the same `value` (an int below 2**20); True on one.
+
+    One all-reduce of (v, v**2): all values are equal exactly when the mean of the
+    squares is the square of the mean, which float64 holds exactly at this size.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    # In a graph: eagerly, the reduce runs in a thread pool that Python may find broken at exit.
+    @tf.function
+    def mean(local: tf.Tensor) -> tf.Tensor:
+        per_replica = strategy.run(lambda: tf.identity(local))
+        return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+
+    mean_value, mean_square = mean(tf.constant([value, value**2], tf.float64)).numpy()
+    return mean_value == value and mean_square == value**2
+
+
+def lost_contact(err: tf.errors.OpError) -> UserError:
+    """The one-line error for a collective that failed because another worker went away."""
+    # TF prefixes the node, e.g. "{{function_node __wrapped__CollectiveReduceV2...}}".
+    message = re.sub(r"\{\{[^}]*\}\}\s*", "", err.message or str(err))
+    # Graph errors open with "Graph execution error:" and a Python stack; the cause follows.
+    lines = [line.strip() for line in message.splitlines()
+             if line.strip() and not line.startswith((" ", "\t", "Graph execution error",
+                                                      "Detected at node", "File "))]
+    first = lines[0][:300] if lines else "no detail"
+    return UserError(f"training lost contact with another worker ({type(err).__name__}: "
+                     f"{first}); restart the training on every worker: each resumes from "
+                     "its last checkpoint")
