@@ -26,11 +26,12 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from dcgan import data
+from dcgan.callbacks import GRID_ROWS, HistoryCSV, Throughput
 from dcgan.checkpoints import checkpoint_dir
 from dcgan.classifier import fit_classifier
 from dcgan.config import ClassifierConfig, PreprocessConfig, parse_params
 from dcgan.errors import UserError
-from dcgan.training import GRID_ROWS, HistoryCSV, SeededBatches, Throughput, TrainOutputs, train
+from dcgan.training import SeededBatches, TrainOutputs, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -219,8 +220,8 @@ def test_quality_point_matches_an_independent_computation(trained) -> None:
     # same real subset, FD from scipy's sqrtm instead of the package's eigh route.
     from scipy.linalg import sqrtm
 
+    from dcgan.callbacks import QUALITY_SAMPLES
     from dcgan.classifier import feature_extractor
-    from dcgan.training import QUALITY_SAMPLES
 
     test_x = data.load_processed(trained.data_file).test_x
     rng = np.random.default_rng([trained.params.train.seed, 1])

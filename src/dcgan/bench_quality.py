@@ -23,13 +23,14 @@ import keras
 import tensorflow as tf
 
 from dcgan.bench import in_fresh_process, machine, tutorial_gan
+from dcgan.callbacks import FixedSampleFD
 from dcgan.classifier import feature_extractor
 from dcgan.config import load_params
 from dcgan.data import load_processed
 from dcgan.errors import UserError
 from dcgan.model import build_gan, load_model
 from dcgan.seeding import seed_everything
-from dcgan.training import FixedSampleFD, SeededBatches
+from dcgan.training import SeededBatches
 
 TUTORIAL = {"arch": "tutorial", "batch_size": 256, "lr": 1e-4, "precision": "float32",
             "update": "simultaneous", "shuffle_buffer": 60000}
