@@ -196,32 +196,43 @@ def tiny(pipeline: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) ->
     shutil.copytree(pipeline.path, repo, ignore=lambda d, names: {"tmp"} & set(names)
                     if d.endswith(".dvc") else set())
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["train"].update(distribution="multi_worker", eval_every=1)
+    # 15 steps an epoch: a multi-worker step of this tiny model is mostly collectives.
+    params["train"].update(distribution="multi_worker", batch_size=256)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["dvc", "repro", "classifier"], repo)
     return repo
 
 
-@pytest.mark.slow
-def test_mirrored_training_resumes_to_the_same_weights(tiny: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def mirrored(tiny: Path) -> SimpleNamespace:
+    """The train stage on two logical CPUs (mirrored): uninterrupted, then again SIGKILLed
+    after epoch 1 and rerun; MLflow in a scratch store."""
+    root = tiny.parent / "mirrored"
+    root.mkdir()
     params = yaml.safe_load((tiny / "params.yaml").read_text())
     params["train"]["distribution"] = "mirrored"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = clean_env(DCGAN_VIRTUAL_CPUS="2", MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/ml.db")
-    whole = _stage_train(tiny, tmp_path / "params.yaml", tmp_path / "whole", env)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    env = clean_env(DCGAN_VIRTUAL_CPUS="2", MLFLOW_TRACKING_URI=f"sqlite:///{root}/ml.db")
+    whole = _stage_train(tiny, root / "params.yaml", root / "whole", env)
     out, err = whole.communicate(timeout=600)
     assert whole.returncode == 0, err[-3000:]
-    first = _stage_train(tiny, tmp_path / "params.yaml", tmp_path / "resumed", env)
-    _kill_after_first_checkpoint([first], tmp_path / "resumed" / "checkpoints")
-    again = _stage_train(tiny, tmp_path / "params.yaml", tmp_path / "resumed", env)
+    first = _stage_train(tiny, root / "params.yaml", root / "resumed", env)
+    _kill_after_first_checkpoint([first], root / "resumed" / "checkpoints")
+    again = _stage_train(tiny, root / "params.yaml", root / "resumed", env)
     out2, err2 = again.communicate(timeout=600)
     assert again.returncode == 0, err2[-3000:]
-    assert "resuming from the checkpoint of epoch 1" in err2
-    assert _result(out2)["weights_sha256"] == _result(out)["weights_sha256"]
-    client = MlflowClient(f"sqlite:///{tmp_path}/ml.db")
-    runs = client.search_runs([client.get_experiment_by_name("dcgan").experiment_id])
-    assert sorted(r.data.tags["distribution"] for r in runs) == ["mirrored", "mirrored"]
-    assert {r.data.tags["replicas"] for r in runs} == {"2"}
+    client = MlflowClient(f"sqlite:///{root}/ml.db")
+    return SimpleNamespace(whole=_result(out), resumed=_result(out2), resumed_err=err2,
+                           runs=client.search_runs(
+                               [client.get_experiment_by_name("dcgan").experiment_id]))
+
+
+@pytest.mark.slow
+def test_mirrored_training_resumes_to_the_same_weights(mirrored: SimpleNamespace) -> None:
+    assert "resuming from the checkpoint of epoch 1" in mirrored.resumed_err
+    assert mirrored.resumed["weights_sha256"] == mirrored.whole["weights_sha256"]
+    assert sorted(r.data.tags["distribution"] for r in mirrored.runs) == ["mirrored"] * 2
+    assert {r.data.tags["replicas"] for r in mirrored.runs} == {"2"}
 
 
 def _two_workers(chief: Path, worker: Path, kill_after_epoch_1: bool = False) -> SimpleNamespace:
@@ -274,6 +285,13 @@ def test_two_workers_end_with_identical_weights(cluster: SimpleNamespace) -> Non
     print(json.dumps({"chief": whole.chief, "worker": whole.worker}, indent=1))
     assert whole.worker == {"worker": 1, "weights_sha256": whole.chief["weights_sha256"]}
     assert "lost contact" not in whole.chief_err + whole.worker_err
+
+
+@pytest.mark.slow
+def test_two_workers_compute_what_two_replicas_in_one_process_do(
+        cluster: SimpleNamespace, mirrored: SimpleNamespace) -> None:
+    # Bit for bit: every all-reduce sums two values, and a + b == b + a in floating point.
+    assert cluster.whole.chief["weights_sha256"] == mirrored.whole["weights_sha256"]
 
 
 @pytest.mark.slow
