@@ -276,15 +276,21 @@ print(hashlib.md5(b"".join(w.numpy().tobytes() for w in gan.weights)).hexdigest(
 """
 
 
-def _initial_weights_md5(seed: int) -> str:
-    out = subprocess.run([sys.executable, "-c", _WEIGHTS_MD5.format(seed=seed)],
-                         capture_output=True, text=True, check=True)
-    return out.stdout.split()[-1]
+def _initial_weights_md5s(*seeds: int) -> list[str]:
+    """The md5 of a fresh process's initial GAN weights for each seed, one process per seed,
+    all at once (each spends seconds importing TensorFlow, on one core)."""
+    procs = [subprocess.Popen([sys.executable, "-c", _WEIGHTS_MD5.format(seed=seed)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for seed in seeds]
+    outs = [proc.communicate(timeout=300) for proc in procs]
+    for proc, (_, err) in zip(procs, outs, strict=True):
+        assert proc.returncode == 0, err[-3000:]
+    return [out.split()[-1] for out, _ in outs]
 
 
 def test_initial_weights_repeat_across_processes() -> None:
     # In-process repeats can hide seeds drawn at import time; fresh processes cannot.
-    first, second, other = (_initial_weights_md5(s) for s in (42, 42, 7))
+    first, second, other = _initial_weights_md5s(42, 42, 7)
     assert first == second
     assert first != other
 

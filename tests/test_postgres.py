@@ -1,8 +1,10 @@
 """End-to-end: the tiny pipeline against a team tracking server, `mlflow server` with a
-PostgreSQL backend store and a shared artifact root, all on 127.0.0.1 (slow, about two
-minutes: the server's first start creates its tables, then one `dvc repro`).
+PostgreSQL backend store and a shared artifact root, all on 127.0.0.1 (slow, about a minute:
+the server's first start creates its tables, then the stages that track rerun, train to
+probe, in a copy of the session's `pipeline` fixture; conftest's `head_start` runs it in the
+background from the session's start, see postgres_server.py).
 
-A real PostgreSQL is started here from its own programs (initdb, pg_ctl) in a temporary
+A real PostgreSQL is started from its own programs (initdb, pg_ctl) in a temporary
 directory, with password authentication, as the `postgres` user when the tests run as root
 (PostgreSQL refuses to run as root). `.ci/run` installs it (`scripts/ci_services.sh`); where
 it is not installed the tests skip, and `pytest -rs` (the default here) says why.
@@ -11,117 +13,43 @@ it is not installed the tests skip, and `pytest -rs` (the default here) says why
 from __future__ import annotations
 
 import math
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 
+import postgres_server
 import psycopg
 import pytest
-from dvc_repo import clean_env, free_port, make_clone, mlflow_server, run
+from dvc_repo import clean_env, ran_stages, run
 from mlflow.tracking import MlflowClient
 
-PASSWORD = "dcgan-test"  # of the superuser and of the role `mlflow`; the server is ours alone
-NOT_INSTALLED = ("PostgreSQL is not installed: no initdb and pg_ctl on PATH or in "
-                 "/usr/lib/postgresql/*/bin; `bash scripts/ci_services.sh` installs it "
-                 "(as root, with apt-get)")
 
-
-def _pg_bindir() -> Path | None:
-    """The directory holding initdb and pg_ctl: on PATH, else the newest Debian
-    /usr/lib/postgresql/<major>/bin (the Debian package leaves them off PATH)."""
-    candidates = [Path(p).parent for p in [shutil.which("initdb")] if p]
-    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True,
-                         key=lambda d: [int(x) for x in d.parent.name.split(".") if x.isdigit()])
-    return next((d for d in candidates if all(os.access(d / name, os.X_OK)
-                                              for name in ("initdb", "pg_ctl"))), None)
-
-
-def _as_owner() -> list[str]:
-    """The prefix that runs PostgreSQL's programs: none for an ordinary user; as root,
-    `runuser -u postgres --` (the user the Debian package creates)."""
-    if os.geteuid() != 0:
-        return []
+@pytest.fixture(scope="module")
+def served(head_start: SimpleNamespace) -> Iterator[SimpleNamespace]:
+    """The tracked stages (train, generate, evaluate, probe) of a private copy of the
+    session's tiny pipeline, rerun by `dvc repro -f --downstream train` and tracked by
+    `mlflow server` on a throw-away PostgreSQL with its artifacts under a shared directory
+    (`postgres_server.track_on_postgres`). Yields `clone`, `commit`, `url`, `artifacts`
+    (that directory), `client`, `run` (the one MLflow run of the experiment) and
+    `postgres`. The servers stop afterwards."""
+    if head_start.served is None:
+        pytest.skip(postgres_server.unavailable())
+    tracked = head_start.served.result()
     try:
-        pwd.getpwnam("postgres")
-    except KeyError:
-        pytest.skip("running as root, and there is no `postgres` user to run PostgreSQL as "
-                    "(the Debian package creates it: `bash scripts/ci_services.sh`)")
-    return ["runuser", "-u", "postgres", "--"]
+        assert ran_stages(tracked.repro) == {"train", "generate", "evaluate", "probe"}, \
+            tracked.repro
+        client = MlflowClient(tracked.url)
+        [mlrun] = client.search_runs([client.get_experiment_by_name("dcgan").experiment_id])
+        yield SimpleNamespace(clone=tracked.clone, commit=tracked.commit, url=tracked.url,
+                              artifacts=tracked.artifacts, client=client, run=mlrun,
+                              postgres=tracked.postgres)
+    finally:
+        tracked.stop()
 
 
 @pytest.fixture(scope="module")
-def postgres() -> Iterator[SimpleNamespace]:
-    """A throw-away PostgreSQL on 127.0.0.1 with an empty database `mlflow` owned by the
-    role `mlflow`. Yields `uri` (SQLAlchemy's, for `mlflow server`) and `conninfo` (for
-    psycopg). Stopped and deleted afterwards."""
-    bindir = _pg_bindir()
-    if bindir is None:
-        pytest.skip(NOT_INSTALLED)
-    as_owner = _as_owner()
-    # pytest's temporary directories are private to the user running the tests (mode 700),
-    # so the server's user gets a directory of its own.
-    root = Path(tempfile.mkdtemp(prefix="dcgan-pg-"))
-    data, log = root / "data", root / "postgres.log"
-    pg_ctl = [*as_owner, str(bindir / "pg_ctl"), "-D", str(data)]
-    try:
-        (root / "pw").write_text(PASSWORD)
-        if as_owner:
-            shutil.chown(root, "postgres")
-        # 1. A cluster whose TCP logins need a password; C locale: the OS may have none other.
-        run([*as_owner, str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
-             f"--pwfile={root / 'pw'}", "--auth=scram-sha-256", "--locale=C",
-             "--encoding=UTF8", "--no-sync"], root)
-        # 2. Listen on 127.0.0.1 only, the socket in our directory (not /var/run/postgresql);
-        # fsync off, as the data is thrown away.
-        port = free_port()
-        options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off"
-        started = run([*pg_ctl, "-l", str(log), "-w", "-t", "60", "-o", options, "start"], root,
-                      check=False)
-        assert started.returncode == 0, f"{started.stdout}{started.stderr}{log.read_text()}"
-        # 3. The role and database a team's server would get.
-        conninfo = {"host": "127.0.0.1", "port": port, "user": "postgres", "password": PASSWORD,
-                    "dbname": "postgres"}
-        with psycopg.connect(**conninfo, autocommit=True) as conn:
-            conn.execute(f"CREATE ROLE mlflow LOGIN PASSWORD '{PASSWORD}'")
-            conn.execute("CREATE DATABASE mlflow OWNER mlflow")
-        yield SimpleNamespace(uri=f"postgresql://mlflow:{PASSWORD}@127.0.0.1:{port}/mlflow",
-                              conninfo={**conninfo, "user": "mlflow", "dbname": "mlflow"})
-    finally:
-        if (data / "postmaster.pid").exists():
-            run([*pg_ctl, "-m", "fast", "stop"], root, check=False, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def served(postgres: SimpleNamespace,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
-    """One `dvc repro` of a tiny clone, tracked by `mlflow server` on `postgres` with its
-    artifacts under a shared directory. Yields `clone`, `commit`, `url`, `artifacts` (that
-    directory), `client` and `run` (the one MLflow run of the experiment)."""
-    clone, root = tmp_path_factory.mktemp("pg-clone"), tmp_path_factory.mktemp("pg-server")
-    commit = make_clone(clone)
-    # The stages before train do not track: they run while the server creates its tables.
-    with open(root / "untracked.log", "w") as log:
-        untracked = subprocess.Popen(["dvc", "repro", "classifier"], cwd=clone, env=clean_env(),
-                                     stdout=log, stderr=subprocess.STDOUT)
-    try:
-        with mlflow_server(postgres.uri, root) as server:
-            untracked.wait(timeout=900)
-            assert untracked.returncode == 0, (root / "untracked.log").read_text()[-3000:]
-            run(["dvc", "repro"], clone, env=clean_env(MLFLOW_TRACKING_URI=server.url))
-            client = MlflowClient(server.url)
-            [mlrun] = client.search_runs([client.get_experiment_by_name("dcgan").experiment_id])
-            yield SimpleNamespace(clone=clone, commit=commit, url=server.url, client=client,
-                                  artifacts=root / "artifacts", run=mlrun)
-    finally:
-        if untracked.poll() is None:  # the server failed to start
-            untracked.kill()
-            untracked.wait()
+def postgres(served: SimpleNamespace) -> SimpleNamespace:
+    """The PostgreSQL the server stores in: `uri` (SQLAlchemy's) and `conninfo` (psycopg's)."""
+    return served.postgres
 
 
 @pytest.mark.slow

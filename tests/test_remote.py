@@ -13,13 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
-from dvc_repo import commit_all, ran_stages, run
+from dvc_repo import commit_all, copy_workspace, ran_stages, run
 
 STAGES = {"fetch", "preprocess", "classifier", "train", "generate", "evaluate", "probe"}
 
@@ -66,16 +65,6 @@ def _files(repo: Path, outs: list[dict]) -> dict[str, int]:
     return {str(p.relative_to(repo)): p.stat().st_mtime_ns for p in paths if p.is_file()}
 
 
-def _copy_without_history(src: Path, dest: Path) -> None:
-    """The workspace, DVC cache and MLflow store of src, without its git history or DVC's
-    scratch space (experiment queue, locks)."""
-    def skip(folder: str, names: list[str]) -> set[str]:
-        if Path(folder) == src:
-            return {".git"} & set(names)
-        return {"tmp"} & set(names) if Path(folder) == src / ".dvc" else set()
-    shutil.copytree(src, dest, ignore=skip)
-
-
 @pytest.fixture(scope="module")
 def round_trip(pipeline: SimpleNamespace,
                tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
@@ -83,7 +72,7 @@ def round_trip(pipeline: SimpleNamespace,
     origin, storage, fresh = root / "origin", root / "storage", root / "fresh"
     # 1. A private copy: other tests change the fixture's params and commits, so take its
     #    workspace as it is now; a repro brings it up to date (normally it runs nothing).
-    _copy_without_history(pipeline.path, origin)
+    copy_workspace(pipeline.path, origin)
     run(["git", "init", "-q"], origin)
     run(["dvc", "repro"], origin)
     # 2. What a team commits: dvc.lock and the `cache: false` outs (git); then the remote

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 import tensorflow as tf
@@ -109,6 +110,8 @@ def make_strategy(kind: str) -> Role:
             "train.distribution is multi_worker but TF_CONFIG is not set; set it on every "
             "machine (README: Scaling out), or use train.distribution: auto")
     rank, count = task_rank(config)
+    print(f"multi_worker: task {rank} of {count} (0 is the chief); waiting until every task in "
+          "TF_CONFIG has joined", file=sys.stderr, flush=True)
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     return Role("multi_worker", strategy, chief=rank == 0, worker=rank, workers=count)
 
