@@ -98,6 +98,8 @@ def test_postgres_holds_the_run(served: SimpleNamespace, postgres: SimpleNamespa
         epochs = conn.execute("SELECT value FROM params WHERE run_uuid = %s AND "
                               "key = 'train.epochs'", (run_id,)).fetchall()
         versions = conn.execute("SELECT name, version, run_id FROM model_versions").fetchall()
+    print(f"runs: {runs}\ng_loss: {g_loss}\ntrain.epochs: {epochs}\n"
+          f"model_versions: {versions}")  # the evidence, with -s
     assert runs == [(run_id, served.run.info.run_name, "FINISHED")]
     history = served.client.get_metric_history(run_id, "g_loss")
     assert g_loss == sorted((m.step, m.value) for m in history)

@@ -109,6 +109,9 @@ def test_push_sends_each_cached_object_once(round_trip: SimpleNamespace) -> None
         o["path"] for o in rt.outs if not o["cached"]}
     assert not uncached & stored
     first, second = rt.pushes
+    print(f"push: {first.stdout.strip().splitlines()[-1]!r}, again: {second.stdout.strip()!r}; "
+          f"pull: {rt.pull.stdout.strip().splitlines()[-1]!r}; "
+          f"repro after pull: {rt.repro.stdout.strip().splitlines()[-1]!r}")  # with -s
     assert first.stdout.strip().splitlines()[-1] == f"{len(needed)} files pushed"
     assert second.stdout.strip() == "Everything is up to date."
 
