@@ -26,7 +26,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 import yaml
-from dvc_repo import REPO, clean_env, free_port, run
+from dvc_repo import REPO, clean_env, copy_workspace, free_port, run
 from mlflow.tracking import MlflowClient
 
 from dcgan.cluster import task_rank, tf_config
@@ -193,8 +193,8 @@ def tiny(pipeline: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) ->
     """A private copy of the tiny pipeline (other tests change the fixture's params), its
     data and classifier up to date, with `train.distribution: multi_worker` set."""
     repo = tmp_path_factory.mktemp("dist") / "chief"
-    shutil.copytree(pipeline.path, repo, ignore=lambda d, names: {"tmp"} & set(names)
-                    if d.endswith(".dvc") else set())
+    copy_workspace(pipeline.path, repo)
+    run(["git", "init", "-q"], repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     # 15 steps an epoch: a multi-worker step of this tiny model is mostly collectives.
     params["train"].update(distribution="multi_worker", batch_size=256)

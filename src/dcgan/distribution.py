@@ -149,6 +149,9 @@ def step_logs(logs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
 def agree(strategy: tf.distribute.Strategy, value: int) -> bool:
     """Whether every worker passed the same `value` (an int below 2**20); True on one.
 
+    Raises:
+        UserError: if another worker is gone (`lost_contact`).
+
     One all-reduce of (v, v**2): all values are equal exactly when the mean of the
     squares is the square of the mean, which float64 holds exactly at this size.
     """
@@ -160,7 +163,10 @@ def agree(strategy: tf.distribute.Strategy, value: int) -> bool:
         per_replica = strategy.run(lambda: tf.identity(local))
         return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
 
-    mean_value, mean_square = mean(tf.constant([value, value**2], tf.float64)).numpy()
+    try:
+        mean_value, mean_square = mean(tf.constant([value, value**2], tf.float64)).numpy()
+    except tf.errors.OpError as err:
+        raise lost_contact(err) from None
     return mean_value == value and mean_square == value**2
 
 

@@ -213,11 +213,12 @@ class DCGAN(keras.Model):
         replica, replicas = replica_slice()
         return self.sample_noise(batch * replicas)[replica * batch:(replica + 1) * batch]
 
-    def _average(self, labels: tf.Tensor, logits: tf.Tensor, replicas: int) -> tf.Tensor:
+    def _average(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
         """Cross-entropy summed over this replica's examples, divided by the global batch,
         as tf.distribute expects: the replicas' gradients are summed, so their sum is the
         gradient of the mean over the global batch (on one device, the plain mean)."""
         per_example = self.bce(labels, logits)  # (B,)
+        replicas = replica_slice()[1]
         return ops.divide_no_nan(ops.sum(per_example),
                                  ops.cast(ops.shape(per_example)[0] * replicas, "float32"))
 
@@ -256,13 +257,12 @@ class DCGAN(keras.Model):
     def _alternating_step(self, real: tf.Tensor, ones: tf.Tensor,
                           zeros: tf.Tensor) -> tuple[tf.Tensor, ...]:
         # 1. Update D: real images towards 1, generated ones towards 0.
-        replicas = replica_slice()[1]
         z = self.replica_noise(ops.shape(real)[0])  # (B, latent_dim)
         with tf.GradientTape() as tape:
             fake = self.generator(z, training=True)  # (B, H, W, C)
             real_logits, fake_logits = self.discriminate(real, fake)  # (B, 1) each
-            d_loss = (self._average(ones, real_logits, replicas)
-                      + self._average(zeros, fake_logits, replicas))
+            d_loss = (self._average(ones, real_logits)
+                      + self._average(zeros, fake_logits))
         self._apply(self.d_optimizer, tape.gradient(d_loss, self.discriminator.trainable_variables),
                     self.discriminator)
 
@@ -271,7 +271,7 @@ class DCGAN(keras.Model):
         z = self.replica_noise(ops.shape(real)[0])
         with tf.GradientTape() as tape:
             g_logits = self.discriminator(self.generator(z, training=True), training=True)
-            g_loss = self._average(ones, g_logits, replicas)
+            g_loss = self._average(ones, g_logits)
         self._apply(self.g_optimizer, tape.gradient(g_loss, self.generator.trainable_variables),
                     self.generator)
         return d_loss, g_loss, real_logits, fake_logits
@@ -280,14 +280,13 @@ class DCGAN(keras.Model):
                            zeros: tf.Tensor) -> tuple[tf.Tensor, ...]:
         # One G forward pass serves both updates, each taken at the current weights
         # (the tutorial's step): G's costs about as much as the rest of the step together.
-        replicas = replica_slice()[1]
         z = self.replica_noise(ops.shape(real)[0])
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
             fake = self.generator(z, training=True)
             real_logits, fake_logits = self.discriminate(real, fake)
-            d_loss = (self._average(ones, real_logits, replicas)
-                      + self._average(zeros, fake_logits, replicas))
-            g_loss = self._average(ones, fake_logits, replicas)  # non-saturating, as above
+            d_loss = (self._average(ones, real_logits)
+                      + self._average(zeros, fake_logits))
+            g_loss = self._average(ones, fake_logits)  # non-saturating, as above
         d_grads = d_tape.gradient(d_loss, self.discriminator.trainable_variables)
         g_grads = g_tape.gradient(g_loss, self.generator.trainable_variables)
         self._apply(self.d_optimizer, d_grads, self.discriminator)
