@@ -25,13 +25,14 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from dcgan import data
+from dcgan import data, imagestore, preprocessing
+from dcgan.batches import SeededBatches
 from dcgan.callbacks import GRID_ROWS, HistoryCSV, Throughput
 from dcgan.checkpoints import checkpoint_dir
 from dcgan.classifier import fit_classifier
 from dcgan.config import ClassifierConfig, PreprocessConfig, parse_params
 from dcgan.errors import UserError
-from dcgan.training import SeededBatches, TrainOutputs, train
+from dcgan.training import TrainOutputs, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -46,7 +47,7 @@ def processed_npz(root: Path, n: int = 80) -> Path:
     """Run the real preprocess on n random 16x16 grey images; 80% (64) go to train.
 
     The same n gives the same file, byte for byte; an existing one is reused."""
-    out = root / "processed" / "data.npz"
+    out = root / "processed" / "dataset"
     if out.exists():
         return out
     rng = np.random.default_rng(0)
@@ -54,8 +55,8 @@ def processed_npz(root: Path, n: int = 80) -> Path:
     raw.mkdir(parents=True)
     np.savez(raw / "images.npz", x=rng.integers(0, 256, (n, 16, 16, 1), dtype=np.uint8),
              y=rng.integers(0, 10, n).astype(np.int64))
-    data.preprocess(PreprocessConfig(image_size=16, test_fraction=0.2), raw, out,
-                    root / "processed" / "stats.json")
+    preprocessing.preprocess(PreprocessConfig(image_size=16, test_fraction=0.2), raw, out,
+                             root / "processed" / "stats.json")
     return out
 
 
@@ -153,7 +154,7 @@ def test_saved_models_load(trained) -> None:
 
 def test_checkpoint_removed_after_success(trained) -> None:
     ckpt = checkpoint_dir(trained.out.checkpoints, trained.params.train,
-                          data.file_md5(trained.data_file))
+                          imagestore.dataset_md5(trained.data_file))
     assert not ckpt.exists()
 
 
@@ -172,7 +173,7 @@ def test_mlflow_run(trained) -> None:
     assert params["train.epochs"] == "2" and params["preprocess.image_size"] == "16"
     assert {k.split(".")[0] for k in params} == {"fetch", "preprocess", "train"}
     tags = run.data.tags
-    assert tags["data_md5"] == data.file_md5(trained.data_file)
+    assert tags["data_md5"] == imagestore.dataset_md5(trained.data_file)
     assert tags["arch"] == "paper" and tags["dataset"] == "mnist-5k"
     assert (tags["distribution"], tags["replicas"], tags["workers"]) == ("none", "1", "1")
     assert 0 < run.data.metrics["train_seconds"] < 600
@@ -182,7 +183,7 @@ def test_generator_registered_with_the_run_tags(trained) -> None:
     [version] = trained.client.search_model_versions(
         f"name = 'dcgan-generator' and run_id = '{trained.result['run_id']}'")
     assert version.tags == {"dataset": "mnist-5k", "arch": "paper",
-                            "data_md5": data.file_md5(trained.data_file),
+                            "data_md5": imagestore.dataset_md5(trained.data_file),
                             "generator_md5": data.file_md5(trained.out.generator)}
 
 
@@ -223,7 +224,7 @@ def test_quality_point_matches_an_independent_computation(trained) -> None:
     from dcgan.callbacks import QUALITY_SAMPLES
     from dcgan.classifier import feature_extractor
 
-    test_x = data.load_processed(trained.data_file).test_x
+    test_x = imagestore.open_dataset(trained.data_file).test_x
     rng = np.random.default_rng([trained.params.train.seed, 1])
     n = min(QUALITY_SAMPLES, len(test_x))
     real = test_x[np.sort(rng.choice(len(test_x), size=n, replace=False))]
@@ -338,7 +339,8 @@ def generator_weights(path: Path) -> list[np.ndarray]:
 def test_train_is_reproducible(trained, tmp_path: Path) -> None:
     out, error = _train_in(tmp_path)
     assert error is None
-    assert data.file_md5(tmp_path / "processed" / "data.npz") == data.file_md5(trained.data_file)
+    assert (imagestore.dataset_md5(tmp_path / "processed" / "dataset")
+            == imagestore.dataset_md5(trained.data_file))
     for a, b in zip(generator_weights(trained.out.generator), generator_weights(out.generator),
                     strict=True):
         np.testing.assert_array_equal(a, b)
@@ -357,7 +359,7 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     The crash is real: a directory sits where epoch 2's grid PNG goes, so its rename fails."""
     root = tmp_path_factory.mktemp("resume")
     ckpt = checkpoint_dir(outputs(root).checkpoints, parse_params(TINY).train,
-                          data.file_md5(processed_npz(root)))
+                          imagestore.dataset_md5(processed_npz(root)))
 
     def block_grid(out: TrainOutputs) -> None:
         (ckpt / out.grids.name / "epoch_0002.png").mkdir(parents=True)

@@ -15,9 +15,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from dcgan.batches import SeededBatches, predict_rows
 from dcgan.config import ClassifierConfig
-from dcgan.data import load_processed
 from dcgan.errors import UserError
+from dcgan.imagestore import ImageArray, open_dataset
 from dcgan.model import save_model
 from dcgan.seeding import seed_everything
 
@@ -75,19 +76,18 @@ def build_classifier(
     return keras.Model(inputs, logits, name="eval_classifier")
 
 
-def _labelled(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The images and labels whose label is not -1 (unlabelled)."""
-    y = np.asarray(y).astype(np.int64).reshape(-1)
-    if len(x) != len(y):
-        raise UserError(f"classifier got {len(x)} images but {len(y)} labels")
-    keep = y >= 0
-    return np.asarray(x, dtype=np.float32)[keep], y[keep]
+def _labelled_rows(images: ImageArray | np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The rows whose label is not -1 (unlabelled)."""
+    labels = np.asarray(labels).reshape(-1)
+    if len(images) != len(labels):
+        raise UserError(f"classifier got {len(images)} images but {len(labels)} labels")
+    return np.flatnonzero(labels >= 0)
 
 
 def train_classifier(
-    train_x: np.ndarray,
+    train_x: ImageArray | np.ndarray,
     train_y: np.ndarray,
-    test_x: np.ndarray,
+    test_x: ImageArray | np.ndarray,
     test_y: np.ndarray,
     cfg: ClassifierConfig,
 ) -> tuple[keras.Model, float | None]:
@@ -96,12 +96,14 @@ def train_classifier(
     Images labelled -1 are ignored. If no training image has a label (e.g. a
     folder of unlabelled images) there is nothing to classify: the result is a
     randomly initialised network of the same shape with `num_classes=1`, seeded by
-    `cfg.seed`, and accuracy None. Random convolutional features are a documented
-    fallback metric space (weaker than trained ones, but fixed and reproducible),
-    so distances measured through it compare only with each other.
+    `cfg.seed`, and accuracy None; no image is read. Random convolutional features are a
+    documented fallback metric space (weaker than trained ones, but fixed and
+    reproducible), so distances measured through it compare only with each other.
+    Batches are read from disk in a seeded order (`batches.SeededBatches`), so memory
+    does not grow with the dataset.
 
     Args:
-        train_x: training images, float32 NHWC in [-1, 1].
+        train_x: training images: the dataset's `ImageArray`, or float32 NHWC in [-1, 1].
         train_y: their int labels, -1 meaning unlabelled.
         test_x: held-out images of the same shape.
         test_y: their labels, -1 meaning unlabelled.
@@ -114,41 +116,46 @@ def train_classifier(
     Raises:
         UserError: if train and test image shapes differ or labels do not match images.
     """
-    if train_x.shape[1:] != test_x.shape[1:]:
+    if tuple(train_x.shape[1:]) != tuple(test_x.shape[1:]):
         raise UserError(
-            f"classifier train images {train_x.shape[1:]} and test images "
-            f"{test_x.shape[1:]} differ in shape; re-run preprocess"
+            f"classifier train images {tuple(train_x.shape[1:])} and test images "
+            f"{tuple(test_x.shape[1:])} differ in shape; re-run preprocess"
         )
-    # Seeds Python, NumPy and TF, so weights, dropout and fit()'s shuffling repeat.
+    # Seeds Python, NumPy and TF, so weights and dropout repeat.
     seed_everything(cfg.seed)
     image_shape = tuple(train_x.shape[1:])
-    x, y = _labelled(train_x, train_y)
-    tx, ty = _labelled(test_x, test_y)
-    if len(y) == 0:
+    rows, test_rows = _labelled_rows(train_x, train_y), _labelled_rows(test_x, test_y)
+    if len(rows) == 0:
         return build_classifier(image_shape, 1, cfg.feature_dim), None
 
-    num_classes = int(max(y.max(), ty.max(initial=0))) + 1
+    y = np.asarray(train_y, np.int64)[rows]
+    num_classes = int(max(y.max(), np.asarray(test_y)[test_rows].max(initial=0))) + 1
     model = build_classifier(image_shape, num_classes, cfg.feature_dim)
     model.compile(
         optimizer=keras.optimizers.Adam(LEARNING_RATE),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
-    model.fit(x, y, batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=True, verbose=2)
+    batches = SeededBatches(train_x, cfg.batch_size, cfg.seed, rows=rows, labels=y,
+                            drop_remainder=False)
+    model.fit(batches.dataset, epochs=cfg.epochs, callbacks=[batches], shuffle=False,
+              verbose=2)
     return model, accuracy(model, test_x, test_y, cfg.batch_size)
 
 
-def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int) -> float | None:
-    """Share of the labelled images in `x` whose predicted class is their label.
+def accuracy(model: keras.Model, x: ImageArray | np.ndarray, y: np.ndarray,
+             batch_size: int) -> float | None:
+    """Share of the labelled images in `x` whose predicted class is their label, read
+    from disk a block at a time.
 
     Returns:
         The accuracy, or None when no image is labelled.
     """
-    x, y = _labelled(x, y)
-    if len(y) == 0:
+    rows = _labelled_rows(x, y)
+    if len(rows) == 0:
         return None
-    predicted = np.argmax(model.predict(x, batch_size=batch_size, verbose=0), axis=-1)
-    return float(np.mean(predicted == y))
+    logits = predict_rows(model.predict_on_batch, x, rows, batch_size)
+    return float(np.mean(np.argmax(logits, axis=-1) == np.asarray(y)[rows]))
 
 
 def fit_classifier(cfg: ClassifierConfig, data_file: Path, model_path: Path) -> dict:
@@ -160,7 +167,7 @@ def fit_classifier(cfg: ClassifierConfig, data_file: Path, model_path: Path) -> 
     Raises:
         UserError: if the processed data is missing or unusable.
     """
-    data = load_processed(data_file)
+    data = open_dataset(data_file)
     model, acc = train_classifier(data.train_x, data.train_y, data.test_x, data.test_y, cfg)
     save_model(model, model_path)
     return {"classifier_accuracy": acc}

@@ -29,7 +29,9 @@ class _Section(BaseModel):
 
 class FetchConfig(_Section):
     dataset: Literal[DATASETS] = Field("mnist-5k", description="which dataset to fetch")
-    folder: str | None = Field(None, description="directory of PNG/JPEG images (dataset: folder)")
+    folder: str = Field(
+        "data/images", description="directory, .zip or .tar of images (dataset: folder)"
+    )
     mirror: str | None = Field(
         None, description="base URL that replaces the canonical download location"
     )
@@ -53,6 +55,9 @@ class PreprocessConfig(_Section):
     )
     test_fraction: float = Field(0.2, gt=0, lt=1, description="share of images held out as test")
     seed: int = Field(0, ge=0, description="seed of the train/test split")
+    skip_unreadable: bool = Field(
+        False, description="leave out images that cannot be decoded (with a warning)"
+    )
 
 
 class ClassifierConfig(_Section):

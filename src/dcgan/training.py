@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from dcgan import tracking
+from dcgan.batches import SeededBatches
 from dcgan.callbacks import (
     GRID_ROWS,
     EpochGrid,
@@ -39,10 +40,11 @@ from dcgan.callbacks import (
 from dcgan.checkpoints import Checkpoint, Progress, checkpoint_dir, save_run_id, saved_run_id
 from dcgan.classifier import feature_extractor
 from dcgan.config import Params, TrainConfig, flatten
-from dcgan.data import file_md5, load_processed
+from dcgan.data import file_md5
 from dcgan.distribution import Role, agree, lost_contact, make_strategy
 from dcgan.errors import UserError
 from dcgan.guards import CollapseWatch, DivergenceGuard
+from dcgan.imagestore import ImageArray, dataset_md5, open_dataset
 from dcgan.model import build_gan, load_model, save_model
 from dcgan.sampling import make_gif
 from dcgan.seeding import seed_everything
@@ -60,48 +62,6 @@ class TrainOutputs:
     gif: Path
     run_file: Path
     checkpoints: Path
-
-
-class SeededBatches(keras.callbacks.Callback):
-    """The training images in full shuffled batches, as `self.dataset`, in an order that is
-    a pure function of (seed, epoch).
-
-    `shuffle(reshuffle_each_iteration=True)` would restart its sequence in a resumed
-    process, replaying epoch 1's order; a stateless permutation of the epoch number
-    (`index_shuffle`) gives the resumed epoch the batches it would have had. Use it
-    as a callback of the same `fit()`: it sets the epoch the dataset reads.
-
-    Raises:
-        UserError: if there are fewer images than one batch.
-    """
-
-    def __init__(self, images: np.ndarray, batch_size: int, seed: int):
-        super().__init__()
-        n = len(images)
-        if n < batch_size:
-            raise UserError(f"train.batch_size = {batch_size} exceeds the {n} training images; "
-                            "lower train.batch_size or use more data")
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-        pixels = tf.constant(images)
-
-        def gather(positions: tf.Tensor) -> tf.Tensor:  # (B,) -> (B, H, W, C)
-            seed_pair = tf.stack([tf.constant(seed, tf.int64), self.epoch])
-            return tf.gather(pixels, tf.random.experimental.index_shuffle(
-                positions, seed=seed_pair, max_index=n - 1))
-
-        # Full batches only: a tiny last batch would skew batch-norm statistics. Each
-        # epoch leaves out a different remainder, as a shuffle would.
-        # Under tf.distribute, fit() splits each batch over the replicas; with several
-        # workers, each takes its part of every batch (sharding by data: the source is a
-        # range, not files).
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.DATA)
-        self.dataset = (tf.data.Dataset.range(n).batch(batch_size, drop_remainder=True)
-                        .map(gather).prefetch(tf.data.AUTOTUNE).with_options(options))
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.epoch.assign(epoch)  # before fit() opens the epoch's iterator
 
 
 def _callbacks(cfg: TrainConfig, ckpt: Path, progress: Progress, batches: SeededBatches,
@@ -123,7 +83,7 @@ def _callbacks(cfg: TrainConfig, ckpt: Path, progress: Progress, batches: Seeded
     ]
 
 
-def _quality_monitor(cfg: TrainConfig, classifier_path: Path, real_test: np.ndarray,
+def _quality_monitor(cfg: TrainConfig, classifier_path: Path, real_test: ImageArray,
                      path: Path) -> QualityMonitor | None:
     """The quality-over-training callback, or None (and a header-only CSV) when off."""
     if cfg.eval_every == 0:
@@ -204,7 +164,7 @@ def train(params: Params, data_file: Path, classifier_path: Path, out: TrainOutp
 
     Args:
         params: the whole validated params; fetch, preprocess and train are logged.
-        data_file: the preprocess stage's npz.
+        data_file: the preprocess stage's dataset directory.
         classifier_path: the classifier stage's model, whose features the
             quality-over-training Fréchet distance uses (unread if train.eval_every is 0).
         out: output paths.
@@ -224,8 +184,8 @@ def train(params: Params, data_file: Path, classifier_path: Path, out: TrainOutp
     role = make_strategy(cfg.distribution)  # before any TF work (multi-worker needs it)
     if role.chief:
         tracking.check_store()  # an unreachable tracking server fails now, not after training
-    data = load_processed(data_file)
-    data_md5 = file_md5(data_file)
+    data = open_dataset(data_file)
+    data_md5 = dataset_md5(data_file)
     _replica_batch(cfg.batch_size, role)
     # 1. Seeds first: the initial weights and the noise draw from them.
     seed_everything(cfg.seed, cfg.precision)
