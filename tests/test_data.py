@@ -1,4 +1,5 @@
-"""Unit tests of dcgan.data: fetch (offline, folder, download), preprocess, load, md5.
+"""Unit tests of dcgan.data and dcgan.preprocessing: fetch (offline, folder, download),
+preprocess (arrays, folders, archives, unreadable files), md5.
 
 Run with `pytest tests/test_data.py -q`. Downloads go to a real `http.server` on
 127.0.0.1 that serves files the tests write; nothing leaves the machine.
@@ -15,6 +16,7 @@ import pickle
 import socket
 import struct
 import tarfile
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,9 +24,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dcgan import data, sources
+from dcgan import data, imagefiles, preprocessing, sources
 from dcgan.config import FetchConfig, PreprocessConfig
 from dcgan.errors import UserError
+from dcgan.imagestore import Dataset, dataset_md5, open_dataset
 
 RNG = np.random.default_rng(0)
 
@@ -45,9 +48,11 @@ def _fetch(tmp_path: Path, **params: object) -> dict:
     return data.fetch(FetchConfig(**params), tmp_path / "raw", tmp_path / "cache")
 
 
-def _run(raw: Path, out: Path, **params: object) -> tuple[dict, data.Dataset]:
-    stats = data.preprocess(PreprocessConfig(**params), raw, out / "d.npz", out / "stats.json")
-    return stats, data.load_processed(out / "d.npz")
+def _run(raw: Path, out: Path, workers: int | None = None,
+         **params: object) -> tuple[dict, Dataset]:
+    stats = preprocessing.preprocess(PreprocessConfig(**params), raw, out / "d",
+                                     out / "stats.json", workers=workers)
+    return stats, open_dataset(out / "d")
 
 
 @pytest.fixture
@@ -105,9 +110,11 @@ def test_fetch_mnist5k_gives_5000_uint8_digits_of_10_classes(mnist_raw):
 def test_preprocess_scales_to_minus1_1_and_splits(mnist_raw, tmp_path):
     stats, ds = _run(mnist_raw.dir, tmp_path, test_fraction=0.2)
     assert ds.train_x.shape == (4000, 28, 28, 1) and ds.test_x.shape == (1000, 28, 28, 1)
-    assert ds.train_x.dtype == np.float32 and ds.train_y.dtype == np.int64
-    both = np.concatenate([ds.train_x, ds.test_x])
+    assert ds.train_x[:].dtype == np.float32 and ds.train_y.dtype == np.int64
+    both = np.concatenate([ds.train_x[:], ds.test_x[:]])
     assert both.min() == -1.0 and both.max() == 1.0
+    # stored as bytes: 1 byte a pixel, a quarter of float32
+    assert (tmp_path / "d" / "train_x.npy").stat().st_size < 4000 * 28 * 28 + 256
     # the split is a permutation: every image lands on exactly one side
     assert np.array_equal(np.bincount(np.concatenate([ds.train_y, ds.test_y])), [500] * 10)
     assert ds.labelled and ds.image_shape == (28, 28, 1)
@@ -122,7 +129,7 @@ def test_same_seed_same_bytes_other_seed_other_split(mnist_raw, tmp_path):
     _run(mnist_raw.dir, tmp_path / "a", seed=1)
     _, b = _run(mnist_raw.dir, tmp_path / "b", seed=1)
     _, c = _run(mnist_raw.dir, tmp_path / "c", seed=2)
-    assert data.file_md5(tmp_path / "a/d.npz") == data.file_md5(tmp_path / "b/d.npz")
+    assert dataset_md5(tmp_path / "a/d") == dataset_md5(tmp_path / "b/d")
     assert not np.array_equal(b.test_y, c.test_y)
 
 
@@ -130,10 +137,11 @@ def test_same_seed_same_bytes_other_seed_other_split(mnist_raw, tmp_path):
 def test_resize_and_channels(mnist_raw, tmp_path, size, channels, want_c):
     stats, ds = _run(mnist_raw.dir, tmp_path, image_size=size, channels=channels)
     assert ds.image_shape == (size, size, want_c) and stats["shape"] == [size, size, want_c]
-    assert ds.train_x.min() >= -1.0 and ds.train_x.max() <= 1.0
-    assert ds.train_x.min() < -0.99 and ds.train_x.max() > 0.99
+    x = ds.train_x[:]
+    assert x.min() >= -1.0 and x.max() <= 1.0
+    assert x.min() < -0.99 and x.max() > 0.99
     if want_c == 3:  # grey -> RGB copies the grey level into each channel
-        assert np.array_equal(ds.train_x[..., 0], ds.train_x[..., 2])
+        assert np.array_equal(x[..., 0], x[..., 2])
         assert len(stats["mean"]) == 3
 
 
@@ -143,9 +151,9 @@ def test_file_md5_is_the_plain_md5(tmp_path):
     assert data.file_md5(path) == hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def test_load_processed_missing_file_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="preprocess"):
-        data.load_processed(tmp_path / "nope.npz")
+def test_open_dataset_missing_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="run the preprocess stage"):
+        open_dataset(tmp_path / "nope")
 
 
 # ---------------------------------------------------------------- folder
@@ -160,12 +168,14 @@ def _photo_folder(folder: Path) -> None:
     (folder / "sub").mkdir()
 
 
-def test_folder_fetch_and_preprocess(tmp_path):
+def test_folder_fetch_writes_a_manifest_not_a_copy_and_preprocess_reads_it(tmp_path):
     _photo_folder(tmp_path / "photos")
     raw = tmp_path / "raw"
     summary = _fetch(tmp_path, dataset="folder", folder=str(tmp_path / "photos"))
     assert summary["count"] == 3 and not summary["labelled"]
-    assert sorted(p.name for p in (raw / "images").iterdir()) == ["a.png", "b.JPG", "c.jpeg"]
+    assert [p.name for p in raw.iterdir()] == ["manifest.json"]  # no copy of the images
+    listing, md5 = imagefiles.read_manifest(raw / "manifest.json")
+    assert listing.names == ("a.png", "b.JPG", "c.jpeg") and md5 == summary["md5"]
     stats, ds = _run(raw, tmp_path / "out", image_size=16, test_fraction=0.34)
     assert ds.image_shape == (16, 16, 3)  # one image has colour, so all become RGB
     assert len(ds.train_x) == 2 and len(ds.test_x) == 1
@@ -173,6 +183,58 @@ def test_folder_fetch_and_preprocess(tmp_path):
     assert np.array_equal(np.concatenate([ds.train_y, ds.test_y]), [-1, -1, -1])
     _, grey = _run(raw, tmp_path / "grey", image_size=16, channels=1, test_fraction=0.34)
     assert grey.image_shape == (16, 16, 1)
+
+
+def test_folder_content_change_changes_the_manifest(tmp_path):
+    _photo_folder(tmp_path / "photos")
+    first = _fetch(tmp_path, dataset="folder", folder=str(tmp_path / "photos"))["md5"]
+    assert _fetch(tmp_path, dataset="folder", folder=str(tmp_path / "photos"))["md5"] == first
+    _save(tmp_path / "photos" / "a.png", np.zeros((30, 40, 3), np.uint8))
+    assert _fetch(tmp_path, dataset="folder", folder=str(tmp_path / "photos"))["md5"] != first
+
+
+def test_class_folders_become_labels_in_the_processed_data(tmp_path):
+    for label, name in enumerate(["cats", "dogs", "owls"]):
+        for i in range(4):
+            _save(tmp_path / "in" / name / f"{i}.png", np.full((10, 12, 3), 60 * label + i,
+                                                                np.uint8))
+    summary = _fetch(tmp_path, dataset="folder", folder=str(tmp_path / "in"))
+    assert summary["labelled"] and summary["num_classes"] == 3
+    stats, ds = _run(tmp_path / "raw", tmp_path / "out", image_size=8, test_fraction=0.25)
+    assert ds.labelled and stats["num_classes"] == 3
+    # each image keeps its class: the grey level says which folder it came from
+    for x, y in ((ds.train_x, ds.train_y), (ds.test_x, ds.test_y)):
+        levels = x.pixels(slice(None))[:, 0, 0, 0]
+        assert np.array_equal(levels // 60, y)
+
+
+def test_a_zip_and_a_tar_give_the_folders_dataset_byte_for_byte(tmp_path):
+    for label in ("a", "b"):
+        for i in range(3):
+            _save(tmp_path / "in" / label / f"{i}.png",
+                  RNG.integers(0, 256, (12, 9, 3), dtype=np.uint8))
+    with zipfile.ZipFile(tmp_path / "in.zip", "w") as z:
+        for path in sorted((tmp_path / "in").rglob("*.png")):
+            z.write(path, f"wrapped/{path.relative_to(tmp_path / 'in')}")
+    with tarfile.open(tmp_path / "in.tar", "w") as t:
+        t.add(tmp_path / "in", arcname="in")
+    md5s = set()
+    for source in ("in", "in.zip", "in.tar"):
+        _fetch(tmp_path / source.replace(".", "_"), dataset="folder",
+               folder=str(tmp_path / source))
+        _run(tmp_path / source.replace(".", "_") / "raw", tmp_path / f"out-{source}",
+             image_size=8, test_fraction=0.34)
+        md5s.add(dataset_md5(tmp_path / f"out-{source}" / "d"))
+    assert len(md5s) == 1
+
+
+def test_one_worker_and_two_give_the_same_bytes(tmp_path):
+    for i in range(40):
+        _save(tmp_path / "in" / f"{i:02}.jpg", RNG.integers(0, 256, (9, 11, 3), dtype=np.uint8))
+    _fetch(tmp_path, dataset="folder", folder=str(tmp_path / "in"))
+    _run(tmp_path / "raw", tmp_path / "one", image_size=8, workers=1)
+    _run(tmp_path / "raw", tmp_path / "two", image_size=8, workers=2)
+    assert dataset_md5(tmp_path / "one" / "d") == dataset_md5(tmp_path / "two" / "d")
 
 
 def test_folder_of_grey_images_stays_grey_and_is_center_cropped(tmp_path):
@@ -183,7 +245,7 @@ def test_folder_of_grey_images_stays_grey_and_is_center_cropped(tmp_path):
     _fetch(tmp_path, dataset="folder", folder=str(tmp_path / "in"))
     _, ds = _run(tmp_path / "raw", tmp_path / "out", image_size=16, test_fraction=0.25)
     assert ds.image_shape == (16, 16, 1)
-    assert np.all(ds.train_x == 1.0)  # only the white middle square survives the crop
+    assert np.all(ds.train_x[:] == 1.0)  # only the white middle square survives the crop
 
 
 def test_16_bit_png_is_rescaled_not_clipped(tmp_path):
@@ -192,39 +254,59 @@ def test_16_bit_png_is_rescaled_not_clipped(tmp_path):
     _fetch(tmp_path, dataset="folder", folder=str(tmp_path / "in"))
     _, ds = _run(tmp_path / "raw", tmp_path / "out", image_size=8, test_fraction=0.5)
     assert ds.image_shape == (8, 8, 1)
-    assert np.allclose(ds.train_x, 128 / 127.5 - 1, atol=1e-6)  # convert() alone gives 1.0
-
-
-def _bad_folder(tmp_path: Path, kind: str) -> Path:
-    folder = tmp_path / "in"
-    if kind == "missing":
-        return folder
-    if kind == "a file":
-        folder.write_text("x")
-        return folder
-    folder.mkdir()
-    (folder / "readme.txt").write_text("no images here")
-    good = _save(folder / "good.png", np.zeros((8, 8), np.uint8))
-    if kind == "empty":
-        good.unlink()
-    elif kind == "corrupt":
-        (folder / "bad.png").write_bytes(b"\x89PNG not really")
-    elif kind == "truncated":
-        (folder / "bad.png").write_bytes(good.read_bytes()[:40])
-    return folder
+    assert np.allclose(ds.train_x[:], 128 / 127.5 - 1, atol=1e-6)  # convert() alone gives 1.0
 
 
 @pytest.mark.parametrize("kind, words", [
-    ("missing", "does not exist"), ("a file", "not a directory"),
-    ("empty", "no image files"), ("corrupt", "bad.png: not a readable image"),
-    ("truncated", "bad.png: not a readable image"),
+    ("missing", "does not exist"), ("a file", "is not a directory, .zip or .tar"),
+    ("empty", "holds no image files"),
 ])
 def test_bad_folder_is_a_user_error_and_writes_nothing(tmp_path, kind, words):
-    folder = _bad_folder(tmp_path, kind)
+    folder = tmp_path / "in"
+    if kind == "a file":
+        folder.write_text("x")
+    elif kind == "empty":
+        folder.mkdir()
+        (folder / "readme.txt").write_text("no images here")
     with pytest.raises(UserError, match=words) as err:
         _fetch(tmp_path, dataset="folder", folder=str(folder))
     assert str(tmp_path / "in") in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "raw").exists()
+
+
+def _with_bad_files(folder: Path, good: int, bad: int) -> None:
+    for i in range(good):
+        _save(folder / f"good{i}.png", np.full((8, 8), 10 * i, np.uint8))
+    whole = (folder / "good0.png").read_bytes()
+    for i in range(bad):  # half corrupt, half truncated
+        (folder / f"bad{i}.png").write_bytes(b"\x89PNG not really" if i % 2 else whole[:40])
+
+
+def test_every_unreadable_file_is_reported_in_one_line_and_nothing_written(tmp_path):
+    _with_bad_files(tmp_path / "in", good=4, bad=7)
+    _fetch(tmp_path, dataset="folder", folder=str(tmp_path / "in"))  # listing reads no pixels
+    (tmp_path / "out" / "d").mkdir(parents=True)
+    (tmp_path / "out" / "d" / "earlier.npy").write_bytes(b"an earlier output")
+    with pytest.raises(UserError) as err:
+        _run(tmp_path / "raw", tmp_path / "out", image_size=8)
+    message = str(err.value)
+    assert "\n" not in message and "7 of 11 images" in message
+    assert sum(f"bad{i}.png" in message for i in range(7)) == 5 and "and 2 more" in message
+    assert "preprocess.skip_unreadable: true" in message
+    # the earlier output is untouched, and no staging directory is left behind
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["d"]
+    assert (tmp_path / "out" / "d" / "earlier.npy").read_bytes() == b"an earlier output"
+    assert not (tmp_path / "out" / "stats.json").exists()
+
+
+def test_skip_unreadable_leaves_them_out_with_a_warning(tmp_path, caplog):
+    _with_bad_files(tmp_path / "in", good=4, bad=3)
+    _fetch(tmp_path, dataset="folder", folder=str(tmp_path / "in"))
+    stats, ds = _run(tmp_path / "raw", tmp_path / "out", image_size=8, test_fraction=0.3,
+                     skip_unreadable=True)
+    assert len(ds.train_x) + len(ds.test_x) == 4 and stats["skipped"] == 3
+    assert sum(stats["counts"].values()) == 4
+    assert any("3 of 7 images" in r.getMessage() for r in caplog.records)
 
 
 def test_folder_reads_only_its_own_regular_files(tmp_path):
@@ -237,14 +319,15 @@ def test_folder_reads_only_its_own_regular_files(tmp_path):
     (photos / "linked_dir").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     summary = _fetch(tmp_path, dataset="folder", folder=str(photos))
     assert summary["count"] == 1
-    assert [p.name for p in (tmp_path / "raw" / "images").iterdir()] == ["real.png"]
+    listing, _ = imagefiles.read_manifest(tmp_path / "raw" / "manifest.json")
+    assert listing.names == ("real.png",)
 
 
 def test_folder_of_symlinks_only_holds_no_images(tmp_path):
     elsewhere = _save(tmp_path / "elsewhere.png", np.zeros((8, 8), np.uint8))
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "a.png").symlink_to(elsewhere)
-    with pytest.raises(UserError, match="no image files .*symlinks are not read"):
+    with pytest.raises(UserError, match="no image files .*symlinks are skipped"):
         _fetch(tmp_path, dataset="folder", folder=str(tmp_path / "photos"))
     assert not (tmp_path / "raw").exists()
 
@@ -260,7 +343,7 @@ class _Payload:
 
 
 def _bad_npz(path: Path, kind: str, keys: tuple[str, ...]) -> None:
-    """Write an npz at `path` that preprocess or training must refuse, `kind` of bad."""
+    """Write an npz at `path` that preprocess must refuse, `kind` of bad."""
     good = _npz_bytes(**{key: np.zeros((2, 8, 8, 1), np.uint8) for key in keys})
     buf = io.BytesIO()
     if kind == "npy":  # one bare array where an archive belongs
@@ -292,23 +375,12 @@ def test_unreadable_raw_npz_is_a_user_error_and_writes_nothing(tmp_path, kind, w
     assert not (tmp_path / "out").exists() and not (tmp_path / "raw" / "pwned").exists()
 
 
-@pytest.mark.parametrize("kind, words", NPZ_PROBLEMS)
-def test_unreadable_processed_npz_is_a_user_error(tmp_path, kind, words):
-    path = tmp_path / "data" / "d.npz"
-    _bad_npz(path, kind, data.PROCESSED_KEYS)
-    with pytest.raises(UserError, match=words) as err:
-        data.load_processed(path)
-    assert str(err.value).startswith(f"{path}: not a processed dataset (")
-    assert str(err.value).endswith("rerun preprocess")
-    assert not (path.parent / "pwned").exists()
-
-
 def test_split_with_an_empty_side_is_a_user_error(tmp_path):
     _save(tmp_path / "in" / "only.png", np.zeros((8, 8), np.uint8))
     _fetch(tmp_path, dataset="folder", folder=str(tmp_path / "in"))
     with pytest.raises(UserError, match="test_fraction"):
         _run(tmp_path / "raw", tmp_path / "out", image_size=8)
-    assert not (tmp_path / "out" / "d.npz").exists()
+    assert not (tmp_path / "out" / "d").exists()
 
 
 def test_preprocess_without_fetch_is_a_user_error(tmp_path):

@@ -58,6 +58,7 @@ class _ArraySource:
     def __init__(self, raw_npz: Path, size: int):
         arrays = read_npz(raw_npz, ("x", "y"), what="raw dataset", remedy="rerun the fetch stage")
         self.x, self.y, self.size = arrays["x"], arrays["y"].astype(np.int64), size
+        self.where = str(raw_npz)
 
     def blocks(self, order: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
         """(uint8 (k, S, S, C) images, their labels, unreadable names) in `order`."""
@@ -93,7 +94,7 @@ class _FolderSource:
 
     def __init__(self, manifest: Path, size: int, workers: int | None):
         listing, _ = imagefiles.read_manifest(manifest)
-        self.names, self.size = listing.names, size
+        self.names, self.size, self.where = listing.names, size, listing.source
         self.y = np.asarray(listing.labels, np.int64)
         self.reader = imagefiles.ImageReader(listing.kind, listing.source)
         self.workers = workers or len(os.sched_getaffinity(0))
@@ -148,10 +149,10 @@ class _Stats:
                 "mean": [round(float(t / self.count), 6) for t in self.total[:channels]]}
 
 
-def _bad_files(bad: list[str], total: int) -> str:
+def _bad_files(bad: list[str], total: int, where: str) -> str:
     named = "; ".join(bad[:NAMED_BAD_FILES])
     more = f" and {len(bad) - NAMED_BAD_FILES} more" if len(bad) > NAMED_BAD_FILES else ""
-    return f"{len(bad)} of {total} images cannot be read: {named}{more}"
+    return f"{len(bad)} of {total} images in {where} cannot be read: {named}{more}"
 
 
 def _split(n: int, cfg: PreprocessConfig) -> dict[str, np.ndarray]:
@@ -232,10 +233,10 @@ def preprocess(cfg: PreprocessConfig, raw_dir: Path, out_dir: Path, stats_file: 
         counts = {split: _write_split(source, order, tmp, split, cfg, stats, bad)
                   for split, order in splits.items()}
         if bad and not cfg.skip_unreadable:
-            raise UserError(f"preprocess: {_bad_files(bad, n)}; fix or delete them, or set "
-                            "preprocess.skip_unreadable: true to leave them out")
+            raise UserError(f"preprocess: {_bad_files(bad, n, source.where)}; fix or delete "
+                            "them, or set preprocess.skip_unreadable: true to leave them out")
         if bad:
-            log.warning("preprocess: skipped %s", _bad_files(bad, n))
+            log.warning("preprocess: skipped %s", _bad_files(bad, n, source.where))
         if 0 in counts.values():
             empty = min(counts, key=counts.get)
             raise UserError(f"preprocess: no readable image left in the {empty} split; fix the "
