@@ -23,17 +23,17 @@ CHILD = """
 import json, sys, time
 import keras, numpy as np, tensorflow as tf
 from dcgan.config import load_params
-from dcgan.data import load_processed
+from dcgan.imagestore import open_dataset
 from dcgan.model import build_gan
-from dcgan.training import SeededBatches
+from dcgan.batches import SeededBatches
 data_file, epochs, deterministic = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "on"
 cfg = load_params("params.yaml").train
 keras.utils.set_random_seed(cfg.seed)
 if deterministic:
     tf.config.experimental.enable_op_determinism()
-x = load_processed(data_file).train_x
+x = open_dataset(data_file).train_x
 batches = SeededBatches(x, cfg.batch_size, cfg.seed)
-gan = build_gan(cfg, x.shape[1:])
+gan = build_gan(cfg, x.image_shape)
 times = []
 class Clock(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None): self.t = time.perf_counter()
@@ -46,7 +46,7 @@ print(json.dumps([images / t for t in times[1:]]))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="data/processed/dataset.npz")
+    parser.add_argument("--data", default="data/processed/dataset")
     parser.add_argument("--epochs", type=int, default=3, help="per process; the first is warm-up")
     parser.add_argument("--repeats", type=int, default=2, help="processes per mode")
     args = parser.parse_args()

@@ -11,14 +11,14 @@ import json
 import numpy as np
 
 from dcgan.config import load_params
-from dcgan.data import load_processed
 from dcgan.evaluation import evaluate_generator
+from dcgan.imagestore import open_dataset
 from dcgan.model import Generator, load_model
 from dcgan.seeding import seed_everything
 
 p = load_params()
 seed_everything(p.train.seed, p.train.precision)
-data = load_processed("data/processed/dataset.npz")
+data = open_dataset("data/processed/dataset")
 g = Generator(p.train, data.image_shape)
 shape = (p.generate.num_samples, p.train.latent_dim)
 z = np.random.default_rng(p.generate.seed).standard_normal(shape).astype("float32")

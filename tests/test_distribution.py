@@ -35,7 +35,7 @@ from dcgan.distribution import Role, make_strategy
 from dcgan.errors import UserError
 from dcgan.training import _replica_batch
 
-TRAIN_ARGS = ["--data", "data/processed/dataset.npz", "--classifier", "models/classifier.keras"]
+TRAIN_ARGS = ["--data", "data/processed/dataset", "--classifier", "models/classifier.keras"]
 
 
 def _cluster(ports: list[int], index: int) -> str:

@@ -19,7 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from test_training import TINY, outputs, processed_npz, use_scratch_store
 
-from dcgan import data, training
+from dcgan import imagestore, training
 from dcgan.config import load_params, parse_params
 from dcgan.errors import UserError
 from dcgan.guards import CollapseWatch, Diverged, DivergenceGuard
@@ -67,7 +67,7 @@ def test_divergence_stops_with_one_error_keeps_the_checkpoint_and_fails_the_run(
                         lambda *a, **k: [*real_callbacks(*a, **k), _PoisonAfterFirstEpoch()])
     out, error, client = _train(tmp_path, NO_QUALITY, monkeypatch)
     ckpt = checkpoint_dir(out.checkpoints, parse_params(NO_QUALITY).train,
-                          data.file_md5(processed_npz(tmp_path)))
+                          imagestore.dataset_md5(processed_npz(tmp_path)))
     assert isinstance(error, Diverged) and isinstance(error, UserError)
     assert str(error) == (
         f"training diverged at epoch 2, step 1: d_loss = nan, g_loss = nan; the checkpoint of "
@@ -144,17 +144,17 @@ def test_params_yaml_with_a_python_tag_is_refused(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-def test_npz_with_pickled_objects_is_refused(tmp_path: Path) -> None:
+def test_labels_with_pickled_objects_are_refused(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
 
     class Payload:
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    bad = tmp_path / "dataset.npz"
-    np.savez(bad, train_x=np.array([Payload()], dtype=object))
-    with pytest.raises(UserError, match=r"not a processed dataset"):
-        data.load_processed(bad)
+    bad = processed_npz(tmp_path)  # a valid dataset, but for its labels
+    np.save(bad / "train_y.npy", np.array([Payload()] * 64, dtype=object), allow_pickle=True)
+    with pytest.raises(UserError, match=r"train_y.npy: not a label array"):
+        imagestore.open_dataset(bad)
     assert not marker.exists()
 
 

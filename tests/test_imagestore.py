@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from dcgan import imagestore
 from dcgan.errors import UserError
@@ -70,14 +71,15 @@ def test_image_array_reads_only_asked_rows_in_any_order(tmp_path: Path) -> None:
     np.testing.assert_array_equal(again.pixels(rows), x[rows])
 
 
-def test_open_dataset_and_its_md5_is_md5sum_of_md5sum(tmp_path: Path) -> None:
+def test_open_dataset_and_its_md5_is_dvcs(tmp_path: Path) -> None:
     x = RNG.integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
     path = write_dataset(tmp_path / "d", x[:8], x[8:], np.arange(8), np.arange(2))
     ds = open_dataset(path)
     assert ds.labelled and ds.image_shape == (4, 4, 3) and ds.train_y.dtype == np.int64
-    by_shell = subprocess.run("md5sum * | md5sum", shell=True, cwd=path, check=True,
-                              capture_output=True, text=True).stdout.split()[0]
-    assert imagestore.dataset_md5(path) == by_shell
+    subprocess.run("git init -q && dvc init -q && dvc add -q d", shell=True, cwd=tmp_path,
+                   check=True, capture_output=True)
+    by_dvc = yaml.safe_load((tmp_path / "d.dvc").read_text())["outs"][0]["md5"]
+    assert imagestore.dataset_md5(path) == by_dvc and by_dvc.endswith(".dir")
     unlabelled = open_dataset(write_dataset(tmp_path / "u", x[:8], x[8:]))
     assert not unlabelled.labelled
 
@@ -129,4 +131,4 @@ def test_dataset_md5_changes_with_any_byte(tmp_path: Path) -> None:
     data[-1] ^= 1
     (path / "test_x.npy").write_bytes(bytes(data))
     assert imagestore.dataset_md5(path) != before
-    assert len(before) == len(hashlib.md5().hexdigest())
+    assert len(before) == len(hashlib.md5().hexdigest()) + len(".dir")

@@ -78,7 +78,7 @@ def test_mlflow_run_holds_params_curves_images_and_model(pipeline: SimpleNamespa
     assert mlrun.data.params["train.lr"] == "0.0002"  # the paper arch's, resolved
     lock = yaml.safe_load((clone / "dvc.lock").read_text())
     data_md5 = next(o["md5"] for o in lock["stages"]["preprocess"]["outs"]
-                    if o["path"].endswith("dataset.npz"))
+                    if o["path"].endswith("processed/dataset"))
     tags = mlrun.data.tags
     assert tags["data_md5"] == data_md5 and tags["dataset"] == "mnist-5k"
     assert tags["mlflow.source.git.commit"] == tags["git_commit"] == pipeline.commit

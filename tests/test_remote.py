@@ -138,7 +138,7 @@ def test_pull_restores_every_out_with_its_locked_md5(round_trip: SimpleNamespace
     assert rt.pull.stdout.strip().splitlines()[-1] == \
         f"{fetched} files fetched and {files} files added"
     for path in ("models/generator.keras", "models/classifier.keras",
-                 "data/processed/dataset.npz"):
+                 "data/processed/dataset"):
         assert f"A       {path}" in rt.pull.stdout, path
 
 

@@ -20,6 +20,7 @@ the OS page cache, which the kernel can drop.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import numpy as np
 from dcgan.errors import UserError
 
 SPLITS = ("train", "test")
-FILES = ("test_x.npy", "test_y.npy", "train_x.npy", "train_y.npy")  # sorted, as md5sum * lists
+FILES = ("test_x.npy", "test_y.npy", "train_x.npy", "train_y.npy")  # sorted, as DVC lists
 # A fixed header size: written before the row count is known, patched to it at the end.
 HEADER_BYTES = 128
 _MAGIC = b"\x93NUMPY\x01\x00"
@@ -218,11 +219,10 @@ def open_dataset(path: Path) -> Dataset:
 
 
 def dataset_md5(path: Path) -> str:
-    """One md5 for the dataset directory: that of `md5sum *` run inside it, i.e. of the
-    lines "<md5>  <name>" of its files in sorted order. Check by hand with
-    `(cd data/processed/dataset && md5sum * | md5sum)`."""
-    lines = []
+    """The dataset directory's md5 as DVC computes it for a directory out (the value in
+    dvc.lock, ending in ".dir"): the md5 of the sorted JSON list of its files' md5s."""
+    entries = []
     for name in FILES:
         with open(Path(path) / name, "rb") as f:
-            lines.append(f"{hashlib.file_digest(f, 'md5').hexdigest()}  {name}\n")
-    return hashlib.md5("".join(lines).encode()).hexdigest()
+            entries.append({"md5": hashlib.file_digest(f, "md5").hexdigest(), "relpath": name})
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"

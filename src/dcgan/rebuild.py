@@ -46,8 +46,8 @@ def commands(run_id: str, name: str, params: dict[str, str], tags: dict[str, str
         f"dvc exp run -n rebuild-{short}{flags}",
     ]
     if tags.get("data_md5"):
-        lines.append("(cd data/processed/dataset && md5sum * | md5sum)   "
-                     f"# expect {tags['data_md5']}")
+        lines.append("grep -A1 'path: data/processed/dataset$' dvc.lock   "
+                     f"# expect md5: {tags['data_md5']}")
     if tags.get("generator_md5"):
         lines.append(f"md5sum models/generator.keras       # expect {tags['generator_md5']}")
     return lines
