@@ -1,18 +1,18 @@
 """Stage classifier: train the small CNN whose feature space the evaluation metrics use.
 
 Run by DVC (see dvc.yaml), or by hand from the repo root:
-    python stages/classifier.py --data data/processed/dataset.npz \
+    python stages/classifier.py --data data/processed/dataset \
         --classifier models/classifier.keras
 """
 
 import json
 
-from dcgan.classifier import fit_classifier
 from dcgan.stage import stage_args, stage_main
 
 
 def main() -> None:
     params, args = stage_args(__doc__, "data", "classifier")
+    from dcgan.classifier import fit_classifier  # not at the top: see dcgan.stage
     result = fit_classifier(params.classifier, data_file=args.data, model_path=args.classifier)
     print(json.dumps(result))
 

@@ -7,12 +7,12 @@ Run by DVC (see dvc.yaml), or by hand from the repo root:
 
 import json
 
-from dcgan.sampling import generate
 from dcgan.stage import stage_args, stage_main
 
 
 def main() -> None:
     params, args = stage_args(__doc__, "generator", "out", "run_file")
+    from dcgan.sampling import generate  # not at the top: see dcgan.stage
     summary = generate(params.generate, generator_path=args.generator, out_dir=args.out,
                        run_file=args.run_file)
     print(json.dumps(summary))

@@ -7,12 +7,12 @@ logs the same numbers to the model's MLflow run. Run by DVC (see dvc.yaml).
 
 import json
 
-from dcgan.probe import probe
 from dcgan.stage import stage_args, stage_main
 
 
 def main() -> None:
     params, args = stage_args(__doc__, "data", "discriminator", "metrics", "run_file")
+    from dcgan.probe import probe  # not at the top: see dcgan.stage
     metrics = probe(
         params.probe, data_file=args.data, discriminator_path=args.discriminator,
         metrics_file=args.metrics, run_file=args.run_file,

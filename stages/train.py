@@ -7,7 +7,6 @@ completed epoch if a checkpoint for the same params exists.
 import json
 
 from dcgan.stage import stage_args, stage_main
-from dcgan.training import TrainOutputs, train
 
 
 def main() -> None:
@@ -15,6 +14,7 @@ def main() -> None:
         __doc__, "data", "classifier", "generator", "discriminator", "history", "quality", "grids",
         "gif", "run_file", "checkpoints",
     )
+    from dcgan.training import TrainOutputs, train  # not at the top: see dcgan.stage
     out = TrainOutputs(
         generator=args.generator, discriminator=args.discriminator, history=args.history,
         quality=args.quality, grids=args.grids, gif=args.gif, run_file=args.run_file,

@@ -1,7 +1,10 @@
 """Helpers shared by the thin entry points in stages/: argument parsing and error reporting.
 
 Each stage script does `params, args = stage_args(__doc__, "raw", ...)`, calls
-one package function, and runs under `stage_main(main)`.
+one package function, and runs under `stage_main(main)`. A stage script imports only this
+module at the top and the package function inside `main()`: run as a program, the script
+is a small watchdog parent (dcgan.watchdog) that runs `main()` in a child, and that parent
+should not hold TensorFlow.
 """
 
 from __future__ import annotations
@@ -13,9 +16,13 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
-from dcgan.config import Params, load_params
+from dcgan import watchdog
 from dcgan.errors import UserError
+
+if TYPE_CHECKING:
+    from dcgan.config import Params
 
 
 def stage_args(doc: str | None, *paths: str) -> tuple[Params, argparse.Namespace]:
@@ -29,6 +36,8 @@ def stage_args(doc: str | None, *paths: str) -> tuple[Params, argparse.Namespace
     Raises:
         UserError: if params.yaml is invalid.
     """
+    from dcgan.config import load_params  # pydantic: 0.3 s the watchdog parent need not pay
+
     parser = argparse.ArgumentParser(description=doc)
     parser.add_argument("--params", default="params.yaml",
                         help="params file (default: %(default)s)")
@@ -62,27 +71,51 @@ def stage_command(root: Path, name: str) -> str:
 def stage_main(main: Callable[[], None]) -> None:
     """Run a stage's `main()`, reporting a `UserError` as one line and exit status 2.
 
+    When `main` is the `main()` of the script Python runs as the program (a stage as
+    dvc.yaml runs it), this process becomes the watchdog parent of a child that runs it
+    (see dcgan.watchdog), so that a stage the out-of-memory killer ends also fails in one
+    line. Otherwise (the child, the `dcgan` command, a test) `main()` runs here.
+
     Raises:
-        SystemExit: 2 on a `UserError` or a full disk, 130 on Ctrl-C, 0 when stdout's reader
-            has gone (a closed pipe).
+        SystemExit: 2 on a `UserError`, a `MemoryError` or a full disk, 130 on Ctrl-C, 0
+            when stdout's reader has gone (a closed pipe); the watchdog's status.
     """
+    if os.environ.pop(watchdog.CHILD_ENV, None):  # grandchild stages get their own watchdog
+        watchdog.die_with_parent()
+    elif _is_program(main):
+        raise SystemExit(watchdog.run_watched())
     try:
         main()
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(str(err))
+    except MemoryError:
+        _fail(watchdog.out_of_memory_line())
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+        _fail("interrupted", 130)
     except OSError as err:
         if err.errno == errno.ENOSPC:  # wherever it happens: one line, not a traceback
             where = f" writing {err.filename}" if err.filename else ""
-            print(f"error: no space left on device{where}; free space there and rerun",
-                  file=sys.stderr)
-            raise SystemExit(2) from None
+            _fail(f"no space left on device{where}; free space there and rerun")
         if isinstance(err, BrokenPipeError):  # `dcgan compare | head`: the reader left
             # Python flushes stdout again at exit and would report that pipe too.
             with contextlib.suppress(OSError, ValueError):  # stdout may have no fd
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise SystemExit(0) from None
         raise
+    except Exception as err:
+        if line := watchdog.device_oom_line(err):  # a GPU's memory: TensorFlow's own error
+            _fail(line)
+        raise
+
+
+def _fail(line: str, code: int = 2) -> NoReturn:
+    print(f"error: {line}", file=sys.stderr)
+    raise SystemExit(code) from None
+
+
+def _is_program(main: Callable[[], None]) -> bool:
+    """Whether `main` belongs to the script Python runs as the program (`python x.py`):
+    not under pytest, `python -m` or the `dcgan` command, whose `main` is elsewhere."""
+    program = getattr(sys.modules.get("__main__"), "__file__", None)
+    return (getattr(main, "__module__", None) == "__main__" and program is not None
+            and bool(sys.argv[0]) and Path(program).resolve() == Path(sys.argv[0]).resolve())
