@@ -35,6 +35,7 @@ import yaml
 from PIL import Image
 from test_training import TINY, processed_npz, use_scratch_store
 
+from dcgan import imagefiles
 from dcgan.classifier import build_classifier
 from dcgan.config import parse_params
 from dcgan.model import build_gan, save_model
@@ -120,10 +121,13 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 
 
 def put(ctx: SimpleNamespace, key: str, content: Path | bytes) -> Path:
-    """Write an input where dvc.yaml's path `key` says: a copy of a file, or bytes."""
+    """Write an input where dvc.yaml's path `key` says: a copy of a file or directory, or
+    bytes."""
     path = ctx.root / PATHS.get(key, key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(content, Path):
+    if isinstance(content, Path) and content.is_dir():
+        shutil.copytree(content, path)
+    elif isinstance(content, Path):
         shutil.copyfile(content, path)
     else:
         path.write_bytes(content)
@@ -153,17 +157,23 @@ def closed_port() -> int:
 # ---------------------------------------------------------------- the case setups
 
 
-def folder(*files: str, exists: bool = True) -> Callable[[SimpleNamespace], None]:
-    """fetch.folder = photos/, holding `files`: good.png is a PNG, any other a fake one."""
+def folder(*files: str, exists: bool = True,
+           fetched: bool = False) -> Callable[[SimpleNamespace], None]:
+    """fetch.folder = photos/, holding `files`: good*.png are PNGs, any other a fake one;
+    `fetched`: with fetch's manifest of it in data/raw, as preprocess finds it."""
     def setup(ctx: SimpleNamespace) -> None:
         ctx.params["fetch"] = {"dataset": "folder", "folder": "photos"}
         if exists:
             (ctx.root / "photos").mkdir()
         for name in files:
-            if name == "good.png":
+            if name.startswith("good"):
                 Image.new("L", (16, 16), 128).save(ctx.root / "photos" / name)
             else:
                 (ctx.root / "photos" / name).write_bytes(b"\x89PNG\r\n\x1a\n not really")
+        if fetched:
+            listing = imagefiles.list_images(ctx.root / "photos")
+            imagefiles.write_manifest(listing, imagefiles.content_md5(listing),
+                                      ctx.root / PATHS["raw"] / "manifest.json")
     return setup
 
 
@@ -198,9 +208,18 @@ def truncated(make: Callable[[], bytes]) -> Callable[[], bytes]:
     return lambda: (whole := make())[:len(whole) // 2]
 
 
-def processed_bytes() -> bytes:
-    x, y = np.zeros((8, 16, 16, 1), np.float32), np.zeros(8, np.int64)
-    return npz_bytes(train_x=x, train_y=y, test_x=x, test_y=y)
+def damaged_data(kind: str) -> Callable[[SimpleNamespace], None]:
+    """The valid processed dataset with train_x.npy cut in half (what a killed copy leaves),
+    or with pickled (object) labels."""
+    def setup(ctx: SimpleNamespace) -> None:
+        path = put(ctx, "data", ctx.assets.data)
+        if kind == "truncated":
+            whole = (path / "train_x.npy").read_bytes()
+            (path / "train_x.npy").write_bytes(whole[:len(whole) // 2])
+        else:
+            np.save(path / "train_y.npy", np.array([Payload()] * 64, dtype=object),
+                    allow_pickle=True)
+    return setup
 
 
 def model_file(kind: str) -> Callable[[SimpleNamespace], None]:
@@ -320,8 +339,10 @@ DATA_CASES = [
          setup=folder(exists=False)),
     param("fetch-folder-empty", "fetch", "fetch.folder: photos holds no image files",
          setup=folder()),
-    param("fetch-folder-corrupt-png", "fetch", "photos/bad.png: not a readable image",
-         "fix or delete", setup=folder("good.png", "bad.png"), real_process=True),
+    param("preprocess-folder-corrupt-png", "preprocess", "1 of 3 images in ",
+         "photos cannot be read",
+         "bad.png: not a readable image", "fix or delete", "preprocess.skip_unreadable",
+         setup=folder("good1.png", "good2.png", "bad.png", fetched=True), real_process=True),
     param("fetch-checksum-mismatch", "fetch", "mnist.npz from http://127.0.0.1:",
          "does not match sha256", "removed", "fetch.mirror", setup=checksum_mismatch),
     param("fetch-mirror-unreachable", "fetch", "could not download mnist.npz",
@@ -334,10 +355,10 @@ DATA_CASES = [
          "pickled (object) arrays", setup=npz_at(RAW_NPZ, pickled("x", "y"))),
     param("classifier-data-missing", "classifier", f"{PATHS['data']}: not found",
          "run the preprocess stage"),
-    param("classifier-data-npz-truncated", "classifier", PATHS["data"], "truncated or corrupt",
-         "rerun preprocess", setup=npz_at("data", truncated(processed_bytes))),
-    param("train-data-npz-pickled", "train", PATHS["data"], "pickled (object) arrays",
-         setup=npz_at("data", pickled("train_x", "train_y", "test_x", "test_y"))),
+    param("classifier-data-truncated", "classifier", f"{PATHS['data']}/train_x.npy",
+         "truncated or padded", "rerun preprocess", setup=damaged_data("truncated")),
+    param("train-data-labels-pickled", "train", f"{PATHS['data']}/train_y.npy",
+         "not a label array", "rerun preprocess", setup=damaged_data("pickled")),
     param("evaluate-samples-channels-mismatch", "evaluate", "samples.npy", "(16, 16, 3)",
          "(16, 16, 1)", setup=samples(3, "classifier")),
     param("probe-discriminator-channels-mismatch", "probe", PATHS["discriminator"],
