@@ -1,14 +1,17 @@
-"""Tests of dcgan.evaluation: which sets are scored against which, the ceilings, and the
-evaluate stage end to end with a real MLflow SQLite store.
+"""Tests of dcgan.evaluation: which sets are scored against which, the ceilings, the
+dataset read from disk at constant memory, and the evaluate stage end to end with a real
+MLflow SQLite store.
 
 Run with `pytest tests/test_evaluation.py`. The classifier is a tiny real Keras model
 (`build_classifier`, untrained: its features are a fixed random map, which is all the
-bookkeeping here needs; the maths is tested in test_metrics.py).
+bookkeeping here needs; the maths is tested in test_metrics.py). Datasets on disk are
+written in preprocess's layout with `write_dataset`.
 """
 
 from __future__ import annotations
 
 import json
+import tracemalloc
 import uuid
 from pathlib import Path
 
@@ -18,11 +21,12 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dcgan import tracking
+from dcgan import neighbours, tracking
 from dcgan.classifier import build_classifier
 from dcgan.config import EvaluateConfig
 from dcgan.errors import UserError
 from dcgan.evaluation import blurred, evaluate, evaluate_generator, pixel_shuffled
+from dcgan.imagestore import ImageArray, NpyWriter, open_dataset, scale
 from dcgan.model import save_model
 
 METRICS = {"frechet_distance", "kid", "kid_std", "precision", "recall", "memorisation_ratio",
@@ -39,6 +43,22 @@ def classifier() -> keras.Model:
 
 def _images(n: int, seed: int, shape: tuple[int, ...] = (8, 8, 1)) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-1, 1, size=(n, *shape)).astype(np.float32)
+
+
+def _pixels(n: int, seed: int, shape: tuple[int, ...] = (8, 8, 1)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, *shape), dtype=np.uint8)
+
+
+def write_dataset(root: Path, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                  test_y: np.ndarray) -> Path:
+    """A processed dataset directory in preprocess's layout: uint8 images, int64 labels."""
+    root.mkdir(parents=True, exist_ok=True)
+    for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
+        writer = NpyWriter(root / f"{split}_x.npy", x.shape[1:])
+        writer.append(x)
+        writer.close()
+        np.save(root / f"{split}_y.npy", np.asarray(y, np.int64))
+    return root
 
 
 def test_rejects_shape_mismatch(classifier):
@@ -117,6 +137,57 @@ def test_shuffle_ceiling_permutes_pixels_per_image():
     np.testing.assert_array_equal(out, again)
 
 
+# ---------------------------------------------------------------- the dataset on disk
+
+
+def test_disk_and_memory_give_the_same_metrics(classifier, tmp_path, monkeypatch):
+    train, test = _pixels(60, 0), _pixels(45, 1)
+    labels = np.random.default_rng(0).integers(0, 3, 105)
+    data = open_dataset(write_dataset(tmp_path / "dataset", train, labels[:60], test,
+                                      labels[60:]))
+    samples = _images(50, 2) * 0.7
+    samples[:5] = scale(train[10:15])  # a few copies, so the copy check has work
+    in_memory = evaluate_generator(classifier, samples, scale(train), scale(test), CFG)
+    assert evaluate_generator(classifier, samples, data.train_x, data.test_x, CFG) == in_memory
+    # The copy check's database read in blocks of 7 rows, not one: the same numbers.
+    monkeypatch.setattr(neighbours, "DATABASE_ELEMENTS", 7 * 64)
+    assert evaluate_generator(classifier, samples, data.train_x, data.test_x, CFG) == in_memory
+
+
+def test_memory_does_not_grow_with_the_training_set(tmp_path, monkeypatch):
+    keras.utils.set_random_seed(0)
+    model = build_classifier((16, 16, 1), 3, 6)
+    big = 20_000  # as float32 20 MB, float64 41 MB; 5 MB of bytes on disk
+    data = open_dataset(write_dataset(tmp_path / "dataset", _pixels(big, 0, (16, 16, 1)),
+                                      np.arange(big) % 3, _pixels(30, 1, (16, 16, 1)),
+                                      np.arange(30) % 3))
+    block = 1000
+    monkeypatch.setattr(neighbours, "DATABASE_ELEMENTS", block * 16 * 16)
+    reads: list[tuple[str, int]] = []
+    pixels = ImageArray.pixels
+
+    def spy(self: ImageArray, index: np.ndarray | slice) -> np.ndarray:
+        out = pixels(self, index)
+        reads.append((self.path.name, len(out)))
+        return out
+
+    monkeypatch.setattr(ImageArray, "pixels", spy)
+    samples = _images(40, 2, (16, 16, 1))
+    tracemalloc.start()
+    try:
+        result = evaluate_generator(model, samples, data.train_x, data.test_x, CFG)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    n = result["frechet_samples"]
+    train_reads = [rows for name, rows in reads if name == "train_x.npy"]
+    assert n == 30 and max(train_reads) == block
+    # The N picked rows, then every row once (one pass for all five sets).
+    assert sum(train_reads) == big + n
+    # One block's arrays (about 5 MB here) and the N-image sets, never the whole set.
+    assert peak < 10e6, f"peak {peak / 1e6:.1f} MB: a whole-train array (20 MB) was built"
+
+
 # ---------------------------------------------------------------- the stage end to end
 
 
@@ -126,9 +197,8 @@ def stage_files(tmp_path: Path, classifier, monkeypatch: pytest.MonkeyPatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     rng = np.random.default_rng(0)
-    data_file = tmp_path / "dataset.npz"
-    np.savez(data_file, train_x=_images(50, 0), train_y=rng.integers(0, 3, 50),
-             test_x=_images(30, 1), test_y=rng.integers(0, 3, 30))
+    data_file = write_dataset(tmp_path / "dataset", _pixels(50, 0), rng.integers(0, 3, 50),
+                              _pixels(30, 1), rng.integers(0, 3, 30))
     samples = tmp_path / "samples.npy"
     np.save(samples, _images(40, 2) * 0.7)
     save_model(classifier, tmp_path / "classifier.keras")

@@ -4,7 +4,8 @@ and independent code.
 Run with `pytest tests/test_metrics.py`. The Fréchet distance is checked against
 closed forms and an independent `scipy.linalg.sqrtm`; KID against a pair-by-pair
 loop; the nearest-neighbour functions against `scipy.spatial.distance.cdist`, with
-chunks shrunk so that chunk boundaries fall mid-array; the classifier score and
+chunks shrunk so that chunk boundaries fall mid-array, and the streamed search over
+database blocks against the one-block search; the classifier score and
 mode coverage against hand-made predictions with known answers.
 """
 
@@ -27,8 +28,10 @@ from dcgan.metrics import (
     mode_coverage,
 )
 from dcgan.neighbours import (
+    copy_ratio,
     knn_radii,
     memorisation_ratio,
+    nearest_in_blocks,
     nn_distances,
     precision_recall,
 )
@@ -369,6 +372,54 @@ def test_mode_coverage_class_real_images_never_get():
         mode_coverage(samples, real[:, :3], 0.1)
 
 
+def _blocks(database: np.ndarray, size: int) -> list[tuple[int, np.ndarray]]:
+    return [(start, database[start:start + size]) for start in range(0, len(database), size)]
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["float64", "float32"])
+@pytest.mark.parametrize("size", [1, 7, 40, 41])
+def test_streamed_search_matches_one_block(chunk_elements, size, fast):
+    rng = np.random.default_rng(24)
+    database = rng.uniform(-1, 1, size=(41, 12)).astype(np.float32)
+    queries = [np.r_[database[[3, 7, 40]], rng.uniform(-1, 1, size=(9, 12))].astype(np.float32),
+               rng.normal(size=(5, 12))]
+    excludes = [np.array([3, 7, -1, 0, 40, -1, -1, -1, -1, -1, -1, 12]), None]
+    one = nearest_in_blocks(queries, [(0, database)], excludes, fast)
+    streamed = nearest_in_blocks(queries, _blocks(database, size), excludes, fast)
+    for got, want, q, skip in zip(streamed, one, queries, [excludes[0], np.full(5, -1)],
+                                  strict=True):
+        np.testing.assert_array_equal(got.row, want.row)
+        np.testing.assert_array_equal(got.distance, want.distance)
+        # The exact nearest by brute force, the excluded row skipped by its global index.
+        d = cdist(q.astype(np.float64), database.astype(np.float64))
+        d[np.flatnonzero(skip >= 0), skip[skip >= 0]] = np.inf
+        np.testing.assert_array_equal(got.row, d.argmin(axis=1))
+        np.testing.assert_allclose(got.distance, d.min(axis=1), rtol=1e-12)
+    assert streamed[0].distance[2] == 0.0 and (streamed[0].distance[[0, 1, 4]] > 0).all()
+
+
+def test_one_block_search_is_nn_distances():
+    rng = np.random.default_rng(25)
+    database, queries = rng.uniform(-1, 1, (60, 784)), rng.uniform(-1, 1, (30, 784))
+    exclude = rng.integers(-1, 60, 30)
+    for fast in (False, True):
+        found = nearest_in_blocks([queries], [(0, database)], [exclude], fast)[0]
+        np.testing.assert_array_equal(found.distance, nn_distances(queries, database, exclude,
+                                                                   fast))
+
+
+def test_streamed_search_rejects_bad_input():
+    database = np.ones((4, 2))
+    with pytest.raises(ValueError, match="exclude"):  # past the last row streamed
+        nearest_in_blocks([np.zeros((2, 2))], _blocks(database, 3), [np.array([0, 4])])
+    with pytest.raises(ValueError, match="exclude"):  # a one-row database, excluded
+        nearest_in_blocks([np.zeros((1, 2))], _blocks(database[:1], 1), [np.array([0])])
+    with pytest.raises(ValueError, match="widths differ"):
+        nearest_in_blocks([np.zeros((2, 3))], _blocks(database, 3))
+    with pytest.raises(ValueError, match="queries"):
+        nearest_in_blocks([np.zeros((0, 2))], _blocks(database, 3))
+
+
 # --- memorisation ---------------------------------------------------------------------
 
 
@@ -403,6 +454,12 @@ def test_fast_nn_search_matches_exact_on_pixel_like_rows():
     exact, fast = nn_distances(queries, database), nn_distances(queries, database, fast=True)
     np.testing.assert_allclose(fast, exact, rtol=1e-6)
     assert (fast[:20] == 0).all()  # copies are still found as copies
+
+
+def test_copy_ratio_is_the_ratio_of_medians():
+    assert copy_ratio(np.array([1.0, 2.0, 9.0]), np.array([4.0, 3.0, 5.0, 6.0])) == 2.0 / 4.5
+    with pytest.raises(ValueError, match="median"):
+        copy_ratio(np.ones(3), np.array([0.0, 0.0, 1.0]))
 
 
 def test_memorisation_ratio_with_precomputed_test_distances():

@@ -2,8 +2,9 @@
 
 Run with `pytest tests/test_probe.py -q`. Discriminators are the package's own (paper D
 with 4 filters, tutorial D) on 16x16 or 28x28 images, datasets a few dozen images, and
-the stage runs against a real MLflow SQLite store in a temporary directory. Every probe
-fit here must converge: a ConvergenceWarning fails the test.
+the stage runs against a real MLflow SQLite store in a temporary directory, on a dataset
+directory in preprocess's layout. Every probe fit here must converge: a ConvergenceWarning
+fails the test.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import mlflow
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from test_evaluation import write_dataset
 
-from dcgan import tracking
+from dcgan import batches, tracking
 from dcgan.config import ProbeConfig, TrainConfig
-from dcgan.data import Dataset
 from dcgan.errors import UserError
+from dcgan.imagestore import Dataset, open_dataset, scale
 from dcgan.model import Discriminator, save_model
 from dcgan.probe import (
     adaptive_max_pool,
@@ -48,21 +50,34 @@ def _paper_d(shape: tuple[int, int, int], seed: int = 1) -> keras.Model:
     return Discriminator(SMALL, shape)
 
 
-def _bright_vs_dark(n: int, seed: int, side: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Noisy side x side x 1 images in [-1, 1]; label 1 = bright, 0 = dark."""
+def _bright_vs_dark_pixels(n: int, seed: int, side: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy side x side x 1 uint8 images; label 1 = bright (128..255), 0 = dark (0..127)."""
     rng = np.random.default_rng(seed)
     y = np.arange(n) % 2
-    low = np.where(y == 1, 0.0, -1.0)[:, None, None, None]
-    x = low + rng.uniform(0.0, 1.0, size=(n, side, side, 1))
-    return x.astype(np.float32), y.astype(np.int64)
+    x = 128 * y[:, None, None, None] + rng.integers(0, 128, size=(n, side, side, 1))
+    return x.astype(np.uint8), y.astype(np.int64)
 
 
-def _dataset(n_train: int = 36, n_unlabelled: int = 6, n_test: int = 20) -> Dataset:
-    """Bright-vs-dark 16x16 data; the last `n_unlabelled` training labels are -1."""
-    train_x, train_y = _bright_vs_dark(n_train, 0)
-    test_x, test_y = _bright_vs_dark(n_test, 1)
+def _bright_vs_dark(n: int, seed: int, side: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """The same images as float32 in [-1, 1], as the dataset reads them."""
+    x, y = _bright_vs_dark_pixels(n, seed, side)
+    return scale(x), y
+
+
+def _dataset_pixels(n_train: int = 36, n_unlabelled: int = 6,
+                    n_test: int = 20) -> dict[str, np.ndarray]:
+    """Bright-vs-dark 16x16 uint8 data; the last `n_unlabelled` training labels are -1."""
+    train_x, train_y = _bright_vs_dark_pixels(n_train, 0)
+    test_x, test_y = _bright_vs_dark_pixels(n_test, 1)
     train_y[n_train - n_unlabelled:] = -1
-    return Dataset(train_x, train_y, test_x, test_y)
+    return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
+
+
+def _dataset(**sizes: int) -> Dataset:
+    """`_dataset_pixels` in memory, images scaled to [-1, 1]."""
+    data = _dataset_pixels(**sizes)
+    return Dataset(scale(data["train_x"]), data["train_y"], scale(data["test_x"]),
+                   data["test_y"])
 
 
 def _same_weights(a: keras.Model, b: keras.Model) -> bool:
@@ -248,6 +263,23 @@ def test_run_probe_without_labels_returns_none(paper_d, caplog, split):
     assert "probe skipped" in caplog.text
 
 
+def test_run_probe_on_disk_in_blocks_matches_memory(paper_d, tmp_path, monkeypatch):
+    pixels = _dataset_pixels(n_train=40, n_unlabelled=4, n_test=30)
+    pixels["test_y"][[2, 11, 25]] = -1  # unlabelled test images are not scored
+    on_disk = open_dataset(write_dataset(tmp_path / "dataset", **pixels))
+    in_memory = Dataset(scale(pixels["train_x"]), pixels["train_y"], scale(pixels["test_x"]),
+                        pixels["test_y"])
+    expected = run_probe(paper_d, in_memory, sizes=[8, 20], seed=0, batch_size=4)
+    # 27 labelled test images in blocks of 8: four blocks, the last one partial.
+    monkeypatch.setattr(batches, "READ_ROWS", 8)
+    reads: list[int] = []
+    test_pixels = on_disk.test_x.pixels
+    monkeypatch.setattr(on_disk.test_x, "pixels",
+                        lambda rows: reads.append(len(rows)) or test_pixels(rows))
+    assert run_probe(paper_d, on_disk, sizes=[8, 20], seed=0, batch_size=4) == expected
+    assert reads == [8, 8, 8, 3]  # read once, for all three feature sets
+
+
 # ---------------------------------------------------------------- the stage
 
 
@@ -266,10 +298,9 @@ def store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 
 
 def _stage_inputs(tmp_path: Path, d_shape: tuple[int, int, int]) -> dict[str, Path]:
-    data = _dataset()
-    np.savez(tmp_path / "dataset.npz", **vars(data))
+    data_file = write_dataset(tmp_path / "dataset", **_dataset_pixels())
     save_model(_paper_d(d_shape), tmp_path / "discriminator.keras")
-    return {"data_file": tmp_path / "dataset.npz",
+    return {"data_file": data_file,
             "discriminator_path": tmp_path / "discriminator.keras",
             "metrics_file": tmp_path / "out" / "probe.json",
             "run_file": tmp_path / "run.json"}
@@ -301,7 +332,7 @@ def test_probe_stage_rejects_d_for_other_images(store, tmp_path):
 
 
 def test_stage_script_reports_a_bad_path_in_one_line(tmp_path):
-    args = ["--params", str(REPO / "params.yaml"), "--data", str(tmp_path / "missing.npz"),
+    args = ["--params", str(REPO / "params.yaml"), "--data", str(tmp_path / "missing"),
             "--discriminator", str(tmp_path / "d.keras"), "--metrics",
             str(tmp_path / "probe.json"), "--run-file", str(tmp_path / "run.json")]
     proc = subprocess.run([sys.executable, str(REPO / "stages/probe.py"), *args], cwd=tmp_path,
@@ -309,7 +340,7 @@ def test_stage_script_reports_a_bad_path_in_one_line(tmp_path):
     assert proc.returncode == 2
     # TensorFlow's C++ start-up lines also go to stderr; ours is the one "error:" line.
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: {tmp_path / 'missing.npz'}: not found; "
+    assert errors == [f"error: {tmp_path / 'missing'}: not found; "
                       "run the preprocess stage first"]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "probe.json").exists()

@@ -22,15 +22,15 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from dcgan.batches import SeededBatches
 from dcgan.bench import in_fresh_process, machine, tutorial_gan
 from dcgan.callbacks import FixedSampleFD
 from dcgan.classifier import feature_extractor
 from dcgan.config import load_params
-from dcgan.data import load_processed
 from dcgan.errors import UserError
+from dcgan.imagestore import open_dataset, scale
 from dcgan.model import build_gan, load_model
 from dcgan.seeding import seed_everything
-from dcgan.training import SeededBatches
 
 TUTORIAL = {"arch": "tutorial", "batch_size": 256, "lr": 1e-4, "precision": "float32",
             "update": "simultaneous", "shuffle_buffer": 60000}
@@ -49,7 +49,7 @@ def curve(recipe: str, data_file: Path, classifier_file: Path, epochs: int,
     Raises:
         UserError: if the data or the classifier is missing or does not match.
     """
-    data = load_processed(data_file)
+    data = open_dataset(data_file)
     classifier = load_model(classifier_file, remedy="run `dvc repro classifier` first")
     if tuple(classifier.input_shape[1:]) != data.image_shape:
         raise UserError(f"{classifier_file} does not take the data's images "
@@ -69,7 +69,9 @@ def curve(recipe: str, data_file: Path, classifier_file: Path, epochs: int,
         keras.utils.set_random_seed(0)
         quality = FixedSampleFD(feature_extractor(classifier), data.test_x, latent_dim, seed=0)
         step, generator = tutorial_gan(TUTORIAL["batch_size"], latent_dim, data.image_shape)
-        dataset = (tf.data.Dataset.from_tensor_slices(data.train_x)
+        # The tutorial's pipeline holds the images in memory (a small-data benchmark).
+        pixels = scale(data.train_x.pixels(slice(None)))  # (N, H, W, C) float32
+        dataset = (tf.data.Dataset.from_tensor_slices(pixels)
                    .shuffle(TUTORIAL["shuffle_buffer"]).batch(TUTORIAL["batch_size"]))
         seconds = 0.0
         for epoch in range(1, epochs + 1):
@@ -109,7 +111,7 @@ def run(data_file: Path, classifier_file: Path, threshold: float | None, thresho
     Raises:
         UserError: if a file is missing, or a recipe fails.
     """
-    if not Path(data_file).is_file():
+    if not Path(data_file).is_dir():
         raise UserError(f"{data_file}: not found; run `dvc repro preprocess` first")
     if not Path(classifier_file).is_file():
         raise UserError(f"{classifier_file}: not found; run `dvc repro classifier` first")

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from dcgan import tracking
+from dcgan.imagestore import ImageArray
 from dcgan.metrics import frechet_distance, gaussian_stats
 from dcgan.sampling import image_grid, save_image
 
@@ -87,10 +88,14 @@ class EpochGrid(keras.callbacks.Callback):
 
 class FixedSampleFD:
     """The Fréchet distance between a generator's samples from one fixed noise batch and
-    real test images, in the evaluation classifier's features."""
+    real test images, in the evaluation classifier's features.
 
-    def __init__(self, features: keras.Model, real_test: np.ndarray, latent_dim: int,
-                 seed: int, batch_size: int = 256):
+    Of `real_test` (the dataset's `ImageArray`, or float32 images), only the
+    QUALITY_SAMPLES rows picked are read, once.
+    """
+
+    def __init__(self, features: keras.Model, real_test: ImageArray | np.ndarray,
+                 latent_dim: int, seed: int, batch_size: int = 256):
         self.features, self.batch_size = features, batch_size
         rng = np.random.default_rng([seed, 1])  # a stream apart from the grid's noise
         n = min(QUALITY_SAMPLES, len(real_test))

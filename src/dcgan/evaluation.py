@@ -16,11 +16,16 @@ Every metric lives in the classifier's features except the copy check,
 `memorisation_ratio`, which compares pixels: copying is about pixels, and in features
 it did not tell an untrained generator (1.68) from a trained one (1.73) on mnist-5k,
 where in pixels the two score 2.59 and 1.26 (real images: 1.00).
+
+Memory depends on N, not on the dataset: only the N picked train and test images are
+read, and the copy check streams the whole training set from disk once, in blocks, for
+all five image sets together (`neighbours.nearest_in_blocks`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +35,11 @@ from scipy.ndimage import gaussian_filter
 from scipy.special import softmax
 
 from dcgan import metrics, neighbours, tracking
+from dcgan.batches import images_at
 from dcgan.classifier import accuracy, feature_extractor
 from dcgan.config import EvaluateConfig
-from dcgan.data import load_processed
 from dcgan.errors import UserError
+from dcgan.imagestore import ImageArray, open_dataset
 from dcgan.model import load_model
 from dcgan.outputs import write_json
 
@@ -43,20 +49,15 @@ log = logging.getLogger(__name__)
 PR_NEIGHBOURS = 3
 # The Inception score's customary 10 splits.
 SCORE_SPLITS = 10
+Images = ImageArray | np.ndarray  # on disk (read by row), or float32 NHWC in [-1, 1]
 
 
 @dataclass(frozen=True)
 class Embedded:
-    """A set of images in the classifier's spaces (penultimate features and p(y | x)),
-    and as flat pixels for the copy check."""
+    """A set of images in the classifier's spaces: penultimate features and p(y | x)."""
 
     features: np.ndarray  # (N, D)
     probs: np.ndarray  # (N, K)
-    pixels: np.ndarray  # (N, H * W * C)
-
-    def rows(self, index: np.ndarray) -> Embedded:
-        """The subset `index` of this set."""
-        return Embedded(self.features[index], self.probs[index], self.pixels[index])
 
 
 def embed(classifier: keras.Model, images: np.ndarray, batch_size: int) -> Embedded:
@@ -68,8 +69,16 @@ def embed(classifier: keras.Model, images: np.ndarray, batch_size: int) -> Embed
     features = feature_extractor(classifier).output
     both = keras.Model(classifier.input, [features, classifier.output])
     feats, logits = both.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0)
-    return Embedded(feats.astype(np.float64), softmax(logits.astype(np.float64), axis=-1),
-                    np.asarray(images, np.float32).reshape(len(images), -1))
+    return Embedded(feats.astype(np.float64), softmax(logits.astype(np.float64), axis=-1))
+
+
+def train_blocks(images: Images) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, float32 (rows, pixels)) over all of `images`, read from disk a block of
+    `neighbours.DATABASE_ELEMENTS` at a time: the copy check's database."""
+    size = max(1, neighbours.DATABASE_ELEMENTS // int(np.prod(images.shape[1:])))
+    for start in range(0, len(images), size):
+        block = images_at(images, slice(start, start + size))
+        yield start, block.reshape(len(block), -1)
 
 
 def blurred(images: np.ndarray) -> np.ndarray:
@@ -88,20 +97,18 @@ def pixel_shuffled(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.take_along_axis(flat, order[:, :, None], axis=1).reshape(images.shape)
 
 
-def score(candidate: Embedded, reference: Embedded, train: Embedded, cfg: EvaluateConfig,
-          labelled: bool, exclude: np.ndarray | None = None,
-          test_distances: np.ndarray | None = None) -> dict:
+def score(candidate: Embedded, reference: Embedded, cfg: EvaluateConfig, labelled: bool,
+          copy_distances: np.ndarray, test_distances: np.ndarray) -> dict:
     """Every metric of one candidate set against the real reference set.
 
     Args:
         candidate: the set being judged (N images).
         reference: N real test images.
-        train: all real training images (the memorisation check's database).
         cfg: KID subsets, mode threshold and seed.
         labelled: False for data without labels: class metrics are then None.
-        exclude: for a candidate drawn from the training set, each row's index in
-            `train`, so its nearest neighbour is another image, not itself.
-        test_distances: the reference's pixel nn distances to `train`, if computed already.
+        copy_distances: the candidate's pixel nn distances to the training set (for a
+            set drawn from it, to another image than itself).
+        test_distances: the reference's pixel nn distances to the training set.
     """
     kid, kid_std = metrics.kid(candidate.features, reference.features, cfg.kid_subsets,
                                cfg.kid_subset_size, cfg.seed)
@@ -113,9 +120,7 @@ def score(candidate: Embedded, reference: Embedded, train: Embedded, cfg: Evalua
         "kid_std": kid_std,
         "precision": precision,
         "recall": recall,
-        "memorisation_ratio": neighbours.memorisation_ratio(
-            candidate.pixels, train.pixels, reference.pixels, exclude, test_distances, fast=True
-        ),
+        "memorisation_ratio": neighbours.copy_ratio(copy_distances, test_distances),
         "classifier_score": None,
         "modes_covered": None,
         "mode_kl": None,
@@ -128,8 +133,8 @@ def score(candidate: Embedded, reference: Embedded, train: Embedded, cfg: Evalua
     return result
 
 
-def _check_shapes(classifier: keras.Model, samples: np.ndarray, real_train: np.ndarray,
-                  real_test: np.ndarray) -> None:
+def _check_shapes(classifier: keras.Model, samples: np.ndarray, real_train: Images,
+                  real_test: Images) -> None:
     data_shape = tuple(real_test.shape[1:])
     if tuple(samples.shape[1:]) != data_shape:
         raise UserError(
@@ -149,15 +154,16 @@ def _check_shapes(classifier: keras.Model, samples: np.ndarray, real_train: np.n
         )
 
 
-def evaluate_generator(classifier: keras.Model, samples: np.ndarray, real_train: np.ndarray,
-                       real_test: np.ndarray, cfg: EvaluateConfig, labelled: bool = True) -> dict:
+def evaluate_generator(classifier: keras.Model, samples: np.ndarray, real_train: Images,
+                       real_test: Images, cfg: EvaluateConfig, labelled: bool = True) -> dict:
     """Score generated samples, with the floor and ceiling rows, at one common N.
 
     Args:
         classifier: the evaluation classifier (logits output, a "features" layer).
         samples: generated images, float32 NHWC in [-1, 1].
-        real_train: real training images of the same shape.
-        real_test: real held-out images of the same shape (the reference).
+        real_train: real training images of the same shape: the dataset's `ImageArray`
+            (only N picked rows are held, the rest streamed for the copy check) or floats.
+        real_test: real held-out images of the same shape (the reference), likewise.
         cfg: the evaluate params.
         labelled: whether the classifier was trained on labels (class metrics need it).
 
@@ -176,32 +182,32 @@ def evaluate_generator(classifier: keras.Model, samples: np.ndarray, real_train:
     rng = np.random.default_rng(cfg.seed)
     pick = {name: np.sort(rng.choice(len(x), size=n, replace=False))
             for name, x in (("samples", samples), ("train", real_train), ("test", real_test))}
-    test = real_test[pick["test"]]
-
-    def embed_(images: np.ndarray) -> Embedded:
-        return embed(classifier, images, cfg.batch_size)
-
+    test = images_at(real_test, pick["test"])
+    # 1. The N-image sets, in pixels; the floor's are training images, so each one's own
+    # row is excluded from its nearest neighbours.
+    sets = {"reference": test, "samples": np.asarray(samples[pick["samples"]], np.float32),
+            "floor": images_at(real_train, pick["train"]), "ceiling_blur": blurred(test),
+            "ceiling_shuffle": pixel_shuffled(test, rng)}
+    exclude = {"floor": pick["train"]}
     if cfg.kid_subset_size >= n:
         log.warning("evaluate.kid_subset_size %d >= N = %d: every KID subset is the whole set, "
                     "so kid_std is 0; lower it", cfg.kid_subset_size, n)
-    reference, train = embed_(test), embed_(real_train)
+    # 2. The copy check's pixel distances to the whole training set: one pass over it.
+    found = neighbours.nearest_in_blocks(
+        [x.reshape(n, -1) for x in sets.values()], train_blocks(real_train),
+        [exclude.get(name) for name in sets], fast=True)
+    distances = {name: f.distance for name, f in zip(sets, found, strict=True)}
+    # 3. Every metric in the classifier's spaces, against the reference.
+    embedded = {name: embed(classifier, x, cfg.batch_size) for name, x in sets.items()}
+    reference = embedded["reference"]
     if n <= reference.features.shape[1]:
         # Covariances from N <= D points are singular, so FD is dominated by bias.
         log.warning("only %d images for %d-d features: Fréchet distance is unreliable",
                     n, reference.features.shape[1])
-    # The copy check's yardstick, shared by every row: real test images' pixel distances.
-    to_train = neighbours.nn_distances(reference.pixels, train.pixels, fast=True)
-
-    def score_(candidate: Embedded, exclude: np.ndarray | None = None) -> dict:
-        return score(candidate, reference, train, cfg, labelled, exclude, to_train)
-
-    return {
-        **score_(embed_(samples[pick["samples"]])),
-        "frechet_samples": n,
-        "floor": score_(train.rows(pick["train"]), exclude=pick["train"]),
-        "ceiling_blur": score_(embed_(blurred(test))),
-        "ceiling_shuffle": score_(embed_(pixel_shuffled(test, rng))),
-    }
+    result = {name: score(embedded[name], reference, cfg, labelled, distances[name],
+                          distances["reference"])
+              for name in ("samples", "floor", "ceiling_blur", "ceiling_shuffle")}
+    return {**result.pop("samples"), "frechet_samples": n, **result}
 
 
 def load_samples(path: Path) -> np.ndarray:
@@ -216,19 +222,26 @@ def load_samples(path: Path) -> np.ndarray:
         raise UserError(f"{path}: cannot read samples ({err}); run the generate stage") from None
 
 
-def _inception(cfg: EvaluateConfig, samples: np.ndarray, real_test: np.ndarray) -> dict:
+def _inception(cfg: EvaluateConfig, samples: np.ndarray, real_test: Images) -> dict:
     """True FID and IS when `evaluate.inception` names weights (see `dcgan.inception`)."""
     from dcgan import inception  # InceptionV3 is only built when asked for
 
     model, verified = inception.load_inception(cfg.inception)
     n = min(len(samples), len(real_test))
-    return inception.inception_metrics(model, verified, samples[:n], real_test[:n],
+    return inception.inception_metrics(model, verified, samples[:n],
+                                       images_at(real_test, slice(0, n)),
                                        cfg.batch_size)
 
 
 def evaluate(cfg: EvaluateConfig, data_file: Path, samples_file: Path, classifier_path: Path,
              metrics_file: Path, run_file: Path) -> dict:
     """The evaluate stage: score samples, write the DVC metrics JSON, log to the MLflow run.
+
+    Args:
+        cfg: the evaluate params.
+        data_file: preprocess's dataset directory (`imagestore.open_dataset`).
+        samples_file, classifier_path: the generate stage's samples and the classifier.
+        metrics_file, run_file: the metrics JSON to write and the MLflow run to log to.
 
     Returns:
         The metrics of `evaluate_generator`, plus classifier_accuracy (None for
@@ -237,11 +250,11 @@ def evaluate(cfg: EvaluateConfig, data_file: Path, samples_file: Path, classifie
     Raises:
         UserError: if an input is missing or shapes disagree.
     """
-    data = load_processed(data_file)
+    data = open_dataset(data_file)
     samples = load_samples(samples_file)
-    if samples.shape[1:] != data.test_x.shape[1:]:
+    if samples.shape[1:] != data.image_shape:
         raise UserError(f"{samples_file}: samples of shape {samples.shape[1:]} do not match the "
-                        f"data's {data.test_x.shape[1:]} in {data_file}; regenerate them "
+                        f"data's {data.image_shape} in {data_file}; regenerate them "
                         "(`dvc repro generate`), retraining the generator on this data")
     classifier = load_model(classifier_path, remedy="run the classifier stage first")
     # Score first, then open the run: an error here must not mark the training run FAILED.

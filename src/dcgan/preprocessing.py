@@ -123,7 +123,8 @@ def _open_raw(raw_dir: Path, size: int, workers: int | None) -> _ArraySource | _
 
 
 class _Stats:
-    """Running count, per-channel min, max and sum of the scaled images, and colour spread."""
+    """Running per-channel min, max and (exact, integer) sum of the pixels, and the colour
+    spread; cheap uint8 arithmetic, as the pool's parent process runs it on every block."""
 
     def __init__(self) -> None:
         self.count, self.low, self.high, self.total = 0, None, None, None
@@ -132,21 +133,25 @@ class _Stats:
     def add(self, x: np.ndarray) -> None:
         if not len(x):
             return
-        low, high = x.min(axis=(0, 1, 2)), x.max(axis=(0, 1, 2))
-        total = scale(x).sum(axis=(0, 1, 2), dtype=np.float64)
-        self.spread = max(self.spread, int(np.abs(x.astype(np.int16) - x[..., :1]).max()))
+        flat = x.reshape(-1, x.shape[-1])  # (pixels, C)
+        low, high = flat.min(axis=0), flat.max(axis=0)
+        total = flat.sum(axis=0, dtype=np.uint64)
+        first = flat[:, :1]
+        self.spread = max(self.spread, int((np.maximum(flat, first) - np.minimum(flat, first))
+                                           .max()))
         if self.total is None:
             self.low, self.high, self.total = low, high, total
         else:
             self.low, self.high = np.minimum(self.low, low), np.maximum(self.high, high)
             self.total = self.total + total
-        self.count += x.shape[0] * x.shape[1] * x.shape[2]
+        self.count += len(flat)
 
     def summary(self, channels: int) -> dict:
         """min, max and per-channel mean of the first `channels` channels, in [-1, 1]."""
         low, high = scale(self.low[:channels]), scale(self.high[:channels])
+        means = self.total[:channels].astype(np.float64) / self.count / 127.5 - 1.0
         return {"min": float(low.min()), "max": float(high.max()),
-                "mean": [round(float(t / self.count), 6) for t in self.total[:channels]]}
+                "mean": [round(float(m), 6) for m in means]}
 
 
 def _bad_files(bad: list[str], total: int, where: str) -> str:

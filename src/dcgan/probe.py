@@ -7,7 +7,9 @@ a few labelled images. Here the same probe is fitted on the trained D, on a fres
 initialised D of the same architecture and on raw pixels, so the number has baselines.
 
 The `probe` DVC stage (stages/probe.py) calls `probe()`, which writes the metrics JSON
-and logs the same numbers to the model's MLflow run.
+and logs the same numbers to the model's MLflow run. Memory does not grow with the test
+set: the probes are fitted on the small training subsets, then the labelled test images
+are read, turned into features and scored a block of `batches.READ_ROWS` at a time.
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from dcgan import tracking
+from dcgan import batches, tracking
+from dcgan.batches import images_at
 from dcgan.config import ProbeConfig
-from dcgan.data import Dataset, load_processed
 from dcgan.errors import UserError
+from dcgan.imagestore import Dataset, open_dataset
 from dcgan.model import load_model
 from dcgan.outputs import write_json
 
@@ -152,9 +155,8 @@ def labelled_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picked)[order[:size]]).astype(np.int64)
 
 
-def linear_probe(train_features: np.ndarray, train_labels: np.ndarray,
-                 test_features: np.ndarray, test_labels: np.ndarray) -> float:
-    """Test accuracy of a regularised linear L2-SVM (paper, section 5.1).
+def fit_linear_probe(train_features: np.ndarray, train_labels: np.ndarray) -> Pipeline:
+    """A regularised linear L2-SVM (paper, section 5.1), fitted.
 
     Squared hinge loss with an L2 penalty is LinearSVC's default: the paper's "L2-SVM".
     Features are standardised first, since D's layers differ in scale.
@@ -162,16 +164,28 @@ def linear_probe(train_features: np.ndarray, train_labels: np.ndarray,
     Args:
         train_features: (n, F) features of the labelled training subset.
         train_labels: (n,) their labels, at least two classes.
+
+    Returns:
+        The fitted scaler + SVM pipeline; its `predict` takes (m, F) features.
+    """
+    svm = LinearSVC(C=SVM_C, loss="squared_hinge", penalty="l2", max_iter=MAX_ITER,
+                    random_state=0)
+    return make_pipeline(StandardScaler(), svm).fit(train_features, train_labels)
+
+
+def linear_probe(train_features: np.ndarray, train_labels: np.ndarray,
+                 test_features: np.ndarray, test_labels: np.ndarray) -> float:
+    """Test accuracy of `fit_linear_probe` on (train_features, train_labels).
+
+    Args:
+        train_features, train_labels: as `fit_linear_probe`.
         test_features: (m, F) features of the labelled test images.
         test_labels: (m,) their labels.
 
     Returns:
         The share of test images classified correctly.
     """
-    svm = LinearSVC(C=SVM_C, loss="squared_hinge", penalty="l2", max_iter=MAX_ITER,
-                    random_state=0)
-    model = make_pipeline(StandardScaler(), svm)
-    model.fit(train_features, train_labels)
+    model = fit_linear_probe(train_features, train_labels)
     return float(np.mean(model.predict(test_features) == test_labels))
 
 
@@ -201,11 +215,12 @@ def run_probe(discriminator: keras.Model, data: Dataset, sizes: Iterable[int], s
 
     Args:
         discriminator: the trained D.
-        data: the processed dataset.
+        data: the processed dataset (images on disk, or in memory as float arrays).
         sizes: training-subset sizes; those above the labelled count are skipped, and if
             none remains all labelled training images form the single size.
         seed: seed of the subsets and of the random D.
-        batch_size: images per forward pass of D.
+        batch_size: images per forward pass of D (a divisor of `batches.READ_ROWS` batches
+            the test images as one pass over them would).
 
     Returns:
         {"probe_accuracy": D's accuracy at the largest size, "probe_train_size": that size,
@@ -222,13 +237,25 @@ def run_probe(discriminator: keras.Model, data: Dataset, sizes: Iterable[int], s
     subsets = {n: labelled_subset(train_y, n, seed)
                for n in _probe_sizes(sizes, int(np.sum(train_y >= 0)))}
     union = np.unique(np.concatenate(list(subsets.values())))  # features once per image
-    scores: dict[str, dict[str, float]] = {str(n): {} for n in subsets}
-    for name, features in _feature_sets(discriminator, seed, batch_size).items():
-        train_f, test_f = features(data.train_x[union]), features(data.test_x[test_idx])
+    feature_sets = _feature_sets(discriminator, seed, batch_size)
+    # 1. Fit every probe on its training subset's features.
+    models: dict[tuple[str, int], Pipeline] = {}
+    for name, features in feature_sets.items():
+        train_f = features(images_at(data.train_x, union))
         for n, idx in subsets.items():
-            rows = np.searchsorted(union, idx)
-            scores[str(n)][name] = linear_probe(train_f[rows], train_y[idx],
-                                                test_f, test_y[test_idx])
+            models[name, n] = fit_linear_probe(train_f[np.searchsorted(union, idx)],
+                                               train_y[idx])
+    # 2. Score them all on the labelled test images, read once, a block at a time.
+    correct = dict.fromkeys(models, 0)
+    for start in range(0, len(test_idx), batches.READ_ROWS):
+        rows = test_idx[start:start + batches.READ_ROWS]
+        images, labels = images_at(data.test_x, rows), test_y[rows]
+        for name, features in feature_sets.items():
+            test_f = features(images)  # (block, F)
+            for n in subsets:
+                correct[name, n] += int(np.sum(models[name, n].predict(test_f) == labels))
+    scores = {str(n): {name: correct[name, n] / len(test_idx) for name in feature_sets}
+              for n in subsets}
     largest = max(subsets)
     return {"probe_accuracy": scores[str(largest)]["discriminator"],
             "probe_train_size": largest, "probe": scores}
@@ -238,13 +265,15 @@ def probe(cfg: ProbeConfig, data_file: Path, discriminator_path: Path, metrics_f
           run_file: Path) -> dict:
     """The probe stage: run the probe, write the DVC metrics JSON, log to the MLflow run.
 
+    `data_file` is preprocess's dataset directory (`imagestore.open_dataset`).
+
     Returns:
         The metrics of `run_probe`.
 
     Raises:
         UserError: if an input is missing, or D was trained on images of another shape.
     """
-    data = load_processed(data_file)
+    data = open_dataset(data_file)
     discriminator = load_model(discriminator_path, remedy="run the train stage first")
     expected = tuple(discriminator.input_shape[1:])
     if expected != data.image_shape:
