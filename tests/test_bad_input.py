@@ -35,7 +35,7 @@ import yaml
 from PIL import Image
 from test_training import TINY, processed_npz, use_scratch_store
 
-from dcgan import imagefiles
+from dcgan import imagefiles, manifest
 from dcgan.classifier import build_classifier
 from dcgan.config import parse_params
 from dcgan.model import build_gan, save_model
@@ -172,7 +172,7 @@ def folder(*files: str, exists: bool = True,
                 (ctx.root / "photos" / name).write_bytes(b"\x89PNG\r\n\x1a\n not really")
         if fetched:
             listing = imagefiles.list_images(ctx.root / "photos")
-            imagefiles.write_manifest(listing, imagefiles.content_md5(listing),
+            manifest.write_manifest(listing, imagefiles.content_md5(listing),
                                       ctx.root / PATHS["raw"] / "manifest.json")
     return setup
 

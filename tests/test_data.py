@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dcgan import data, imagefiles, preprocessing, sources
+from dcgan import data, manifest, preprocessing, sources
 from dcgan.config import FetchConfig, PreprocessConfig
 from dcgan.errors import UserError
 from dcgan.imagestore import Dataset, dataset_md5, open_dataset
@@ -174,7 +174,7 @@ def test_folder_fetch_writes_a_manifest_not_a_copy_and_preprocess_reads_it(tmp_p
     summary = _fetch(tmp_path, dataset="folder", folder=str(tmp_path / "photos"))
     assert summary["count"] == 3 and not summary["labelled"]
     assert [p.name for p in raw.iterdir()] == ["manifest.json"]  # no copy of the images
-    listing, md5 = imagefiles.read_manifest(raw / "manifest.json")
+    listing, md5 = manifest.read_manifest(raw / "manifest.json")
     assert listing.names == ("a.png", "b.JPG", "c.jpeg") and md5 == summary["md5"]
     stats, ds = _run(raw, tmp_path / "out", image_size=16, test_fraction=0.34)
     assert ds.image_shape == (16, 16, 3)  # one image has colour, so all become RGB
@@ -319,7 +319,7 @@ def test_folder_reads_only_its_own_regular_files(tmp_path):
     (photos / "linked_dir").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     summary = _fetch(tmp_path, dataset="folder", folder=str(photos))
     assert summary["count"] == 1
-    listing, _ = imagefiles.read_manifest(tmp_path / "raw" / "manifest.json")
+    listing, _ = manifest.read_manifest(tmp_path / "raw" / "manifest.json")
     assert listing.names == ("real.png",)
 
 

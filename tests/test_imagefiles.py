@@ -28,9 +28,8 @@ from dcgan.imagefiles import (
     Listing,
     content_md5,
     list_images,
-    read_manifest,
-    write_manifest,
 )
+from dcgan.manifest import read_manifest, write_manifest
 
 RNG = np.random.default_rng(0)
 

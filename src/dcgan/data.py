@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dcgan import imagefiles
+from dcgan import imagefiles, manifest
 from dcgan.config import FetchConfig
 from dcgan.errors import UserError
 from dcgan.outputs import atomic_path
@@ -49,7 +49,7 @@ def fetch(cfg: FetchConfig, out_dir: Path, cache_dir: Path) -> dict:
     if cfg.dataset == "folder":
         listing = imagefiles.list_images(Path(cfg.folder))
         md5 = imagefiles.content_md5(listing)
-        imagefiles.write_manifest(listing, md5, out_dir / MANIFEST)
+        manifest.write_manifest(listing, md5, out_dir / MANIFEST)
         (out_dir / RAW_NPZ).unlink(missing_ok=True)  # one layout at a time
         return {"dataset": "folder", "count": len(listing.names), "labelled": bool(listing.classes),
                 "num_classes": len(listing.classes), "shape": None, "md5": md5}

@@ -92,8 +92,8 @@ def _decode(task: tuple[str, int]) -> np.ndarray | str:
 class _FolderSource:
     """The folder or archive a manifest lists, decoded in parallel by a process pool."""
 
-    def __init__(self, manifest: Path, size: int, workers: int | None):
-        listing, _ = imagefiles.read_manifest(manifest)
+    def __init__(self, path: Path, size: int, workers: int | None):
+        listing, _ = manifest.read_manifest(path)
         self.names, self.size, self.where = listing.names, size, listing.source
         self.y = np.asarray(listing.labels, np.int64)
         self.reader = imagefiles.ImageReader(listing.kind, listing.source)
