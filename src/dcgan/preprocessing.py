@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from dcgan import imagefiles
+from dcgan import imagefiles, manifest
 from dcgan.config import PreprocessConfig
 from dcgan.data import MANIFEST, RAW_NPZ, read_npz
 from dcgan.errors import UserError
