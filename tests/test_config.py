@@ -148,10 +148,13 @@ def test_image_size_the_arch_can_produce(arch: str, size: int) -> None:
     assert params.preprocess.image_size == size
 
 
-def test_folder_dataset_needs_folder() -> None:
-    message = error_of({"fetch": {"dataset": "folder"}})
+def test_folder_defaults_to_data_images_and_must_not_be_empty() -> None:
+    # dvc.yaml makes fetch.folder a dependency of fetch, so it always names a path.
+    assert parse_params({"fetch": {"dataset": "folder"}}).fetch.folder == "data/images"
+    message = error_of({"fetch": {"dataset": "folder", "folder": ""}})
     assert "fetch.folder" in message and "'folder'" in message
     assert parse_params({"fetch": {"dataset": "folder", "folder": "imgs"}}).fetch.folder == "imgs"
+    assert "fetch.folder" in error_of({"fetch": {"folder": None}})
 
 
 def test_top_level_must_be_a_mapping() -> None:
