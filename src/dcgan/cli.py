@@ -154,7 +154,7 @@ def _train_worker(args: argparse.Namespace) -> None:
 
 
 def _add_bench(commands: argparse._SubParsersAction) -> None:
-    """Declare `dcgan bench train | quality | generate | evaluate | repro | memory`."""
+    """Declare `dcgan bench train | quality | generate | evaluate | repro | memory | data`."""
     parser = commands.add_parser(
         "bench", help="benchmarks: throughput and time to quality against the TF tutorial",
         description="Benchmarks, not tests: each prints one JSON line and appends it, with the "
@@ -198,7 +198,7 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
                               "(default: %(default)s)")
     quality.add_argument("--max-epochs", type=_positive_int, default=60, metavar="N",
                          help="give up after this many epochs (default: %(default)s)")
-    quality.add_argument("--data", default="data/processed/dataset.npz", metavar="PATH",
+    quality.add_argument("--data", default="data/processed/dataset", metavar="PATH",
                          help="processed data (default: %(default)s)")
     quality.add_argument("--classifier", default="models/classifier.keras", metavar="PATH",
                          help="the evaluate stage's classifier (default: %(default)s)")
@@ -209,7 +209,8 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_stage_benches(kinds: argparse._SubParsersAction) -> list[argparse.ArgumentParser]:
-    """Declare `dcgan bench generate | evaluate | repro | memory` (dcgan.bench_stages)."""
+    """Declare `dcgan bench generate | evaluate | repro | memory` (dcgan.bench_stages) and
+    `dcgan bench data` (dcgan.bench_data)."""
     generate = kinds.add_parser(
         "generate", help="samples/s of the generate stage's sampling",
         description="Time the generate stage's own sampling (sampling.draw_samples) of N "
@@ -242,10 +243,27 @@ def _add_stage_benches(kinds: argparse._SubParsersAction) -> list[argparse.Argum
     memory.add_argument("--epochs", type=_positive_int, default=1, metavar="N",
                         help="train.epochs in the copy (default: %(default)s; the peak comes "
                              "in the first)")
+    data = kinds.add_parser(
+        "data", help="memory, disk and speed of the pipeline on a synthetic image folder",
+        description="Draw a folder of JPEGs in class folders and run the pipeline on it in a "
+                    "temporary DVC repo: every stage's peak RSS (train for --train-steps "
+                    "steps), the disk taken, preprocess on one core and on all, train "
+                    "throughput from disk and from memory; again for --second images. "
+                    "About 30 minutes at the defaults on 2 cores; progress on stderr.")
+    for flag, default, what in (("--images", 200_000, "images in the folder"),
+                                ("--size", 64, "preprocess.image_size in pixels"),
+                                ("--classes", 10, "class folders (labels)"),
+                                ("--train-steps", 200, "train steps, measured and timed"),
+                                ("--repeats", 2, "fresh processes per timed variant")):
+        data.add_argument(flag, type=_positive_int, default=default, metavar="N",
+                          help=f"{what} (default: %(default)s)")
+    data.add_argument("--second", type=int, default=50_000, metavar="N",
+                      help="images of the second memory point; 0 skips it (default: "
+                           "%(default)s)")
     for kind, handler in ((generate, _bench_generate), (evaluate, _bench_evaluate),
-                          (repro, _bench_repro), (memory, _bench_memory)):
+                          (repro, _bench_repro), (memory, _bench_memory), (data, _bench_data)):
         kind.set_defaults(handler=handler)
-    return [generate, evaluate, repro, memory]
+    return [generate, evaluate, repro, memory, data]
 
 
 def _bench_generate(args: argparse.Namespace) -> None:
@@ -270,6 +288,13 @@ def _bench_memory(args: argparse.Namespace) -> None:
     from dcgan import bench_stages
 
     _record(bench_stages.stage_memory(args.dataset, train_epochs=args.epochs), args.results)
+
+
+def _bench_data(args: argparse.Namespace) -> None:
+    from dcgan import bench_data
+
+    _record(bench_data.run(args.images, args.size, args.classes, args.second, args.train_steps,
+                           args.repeats), args.results)
 
 
 def _bench_train(args: argparse.Namespace) -> None:
