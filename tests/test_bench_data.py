@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,8 +63,9 @@ def test_bad_sizes_are_refused_before_any_work(own_tmp: Path) -> None:
     assert not list(own_tmp.iterdir())
 
 
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
 def test_interrupted_benchmark_leaves_no_temporary_directory(
-        own_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        stop: str, own_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, object] = {}
 
     def interrupt(work: Path, steps: int, array_bytes: int) -> None:
@@ -71,11 +73,14 @@ def test_interrupted_benchmark_leaves_no_temporary_directory(
         seen["work"] = work
         seen["images"] = len(list(work.parent.glob("images/class_*/*.jpg")))
         seen["config"] = (work / ".dvc/config").read_text()
+        if stop == "sigterm":  # a supervisor's kill
+            os.kill(os.getpid(), signal.SIGTERM)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(bench_data, "_stage_peaks", interrupt)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit if stop == "sigterm" else KeyboardInterrupt):
         bench_data.run(images=20, size=16, classes=2, second=0, repo=REPO)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back
     assert seen["work"].is_relative_to(own_tmp) and seen["images"] == 20
     assert seen["config"] == (REPO / ".dvc/config").read_text()  # the project's cache type
     assert not seen["work"].exists() and not list(own_tmp.iterdir())

@@ -29,6 +29,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -332,24 +333,33 @@ def run(images: int = 200_000, size: int = 64, classes: int = 10, second: int = 
     """
     repo = Path(repo).resolve()
     if (paper_start_size(size) is None or min(classes, train_steps, repeats) < 1
-            or images < max(10, 2 * classes) or 0 < second < 10 or second < 0):
+            or images < max(10, 2 * classes) or second < 0 or 0 < second < 10):
         raise UserError(f"bench data: --size {size} must suit the paper arch (16, 28, 32, 64 "
                         "...), --images >= 10 and >= 2x --classes, --second 0 or >= 10")
     for name in ("stages", "src/dcgan", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore"):
         if not (repo / name).exists():
             raise UserError(f"{repo / name}: not found; run the benchmark in the repo root")
-    with tempfile.TemporaryDirectory(prefix="dcgan-bench-data-") as tmp:
-        main = _point(repo, Path(tmp) / "main", images, size, classes, train_steps)
-        work = Path(tmp) / "main/work"
-        scaling = _preprocess_scaling(work, Path(tmp) / "scaling", size, repeats)
-        scaling["full_images_per_sec"] = round(images / main["stages"]["preprocess"]["seconds"])
-        speed = {f"{px}px": _throughput(work, Path(tmp) / f"p{px}", px, train_steps, repeats)
-                 for px in sorted({28, size})}
-        precision = yaml.safe_load((work / "params.yaml").read_text())["train"]["precision"]
-        extra = _point(repo, Path(tmp) / "second", second, size, classes, train_steps) \
-            if second else None
+    stop = signal.signal(signal.SIGTERM, _terminate)  # a kill, as Ctrl-C, deletes tmp
+    try:
+        with tempfile.TemporaryDirectory(prefix="dcgan-bench-data-",
+                                         ignore_cleanup_errors=True) as tmp:
+            main = _point(repo, Path(tmp) / "main", images, size, classes, train_steps)
+            work = Path(tmp) / "main/work"
+            scaling = _preprocess_scaling(work, Path(tmp) / "scaling", size, repeats)
+            scaling["full_images_per_sec"] = round(images / main["stages"]["preprocess"]["seconds"])
+            speed = {f"{px}px": _throughput(work, Path(tmp) / f"p{px}", px, train_steps,
+                                            repeats) for px in sorted({28, size})}
+            precision = yaml.safe_load((work / "params.yaml").read_text())["train"]["precision"]
+            extra = _point(repo, Path(tmp) / "second", second, size, classes, train_steps) \
+                if second else None
+    finally:
+        signal.signal(signal.SIGTERM, stop)
     return _figures(main, extra, scaling, speed,
                     {"size": size, "classes": classes, "precision": precision})
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _figures(main: dict, extra: dict | None, scaling: dict, speed: dict, about: dict) -> dict:
