@@ -25,7 +25,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from dcgan import data, imagestore, preprocessing
+from dcgan import data, imagestore, preprocessing, seeding
 from dcgan.batches import SeededBatches
 from dcgan.callbacks import GRID_ROWS, HistoryCSV, Throughput
 from dcgan.checkpoints import checkpoint_dir
@@ -175,6 +175,7 @@ def test_mlflow_run(trained) -> None:
     tags = run.data.tags
     assert tags["data_md5"] == imagestore.dataset_md5(trained.data_file)
     assert tags["arch"] == "paper" and tags["dataset"] == "mnist-5k"
+    assert tags["precision"] == seeding.resolve_precision("auto")  # the policy it ran under
     assert (tags["distribution"], tags["replicas"], tags["workers"]) == ("none", "1", "1")
     assert 0 < run.data.metrics["train_seconds"] < 600
 
@@ -184,6 +185,7 @@ def test_generator_registered_with_the_run_tags(trained) -> None:
         f"name = 'dcgan-generator' and run_id = '{trained.result['run_id']}'")
     assert version.tags == {"dataset": "mnist-5k", "arch": "paper",
                             "data_md5": imagestore.dataset_md5(trained.data_file),
+                            "precision": seeding.resolve_precision("auto"),
                             "generator_md5": data.file_md5(trained.out.generator)}
 
 
@@ -435,9 +437,14 @@ def test_checkpoint_dir_keys_on_train_params_and_data() -> None:
     assert base.parent == root and len(base.name) == 16
     assert checkpoint_dir(root, parse_params(TINY).train, "a" * 32) == base  # stable
     assert checkpoint_dir(root, cfg, "b" * 32) != base
+    other = "float32" if seeding.resolve_precision("auto") == "mixed_bfloat16" else \
+        "mixed_bfloat16"
     for change in ({"lr": 0.001}, {"seed": 1}, {"batch_size": 32}, {"arch": "tutorial"},
-                   {"precision": "mixed_bfloat16"}):
+                   {"precision": other}):
         assert checkpoint_dir(root, cfg.model_copy(update=change), "a" * 32) != base, change
+    # `auto` keys as the policy it resolves to here: a checkpoint of one resumes the other.
+    resolved = cfg.model_copy(update={"precision": seeding.resolve_precision("auto")})
+    assert checkpoint_dir(root, resolved, "a" * 32) == base
 
 
 def test_throughput_measures_images_per_second(monkeypatch: pytest.MonkeyPatch) -> None:

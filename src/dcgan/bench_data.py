@@ -19,8 +19,7 @@ benchmarks/results.jsonl; all in a temporary directory, deleted afterwards (Ctrl
    posix_fadvise(DONTNEED) (`disk_cold`). S steps after 10. Target: disk/memory >= 0.95.
 7. Steps 1-4 again for --second images: memory should not grow with N.
 Measurements run in fresh processes, alternating; figures are medians. Train precision is
-params.yaml's, or float32 on CPUs without bf16 instructions (its comment's advice: emulated
-bfloat16 ran 10x slower than float32 on an AVX2-only CPU).
+params.yaml's (`auto`: bfloat16 where it is native, float32 elsewhere).
 """
 
 from __future__ import annotations
@@ -120,13 +119,10 @@ def _workspace(repo: Path, work: Path, folder: Path, n: int, size: int) -> None:
     shutil.copy2(repo / ".dvc/config", work / ".dvc/config")  # the project's cache type
     params = yaml.safe_load((repo / "params.yaml").read_text())
     n_train = n - round(n * params["preprocess"]["test_fraction"])
-    with open("/proc/cpuinfo") as f:
-        bf16 = any(flag in f.read() for flag in ("avx512_bf16", "amx_bf16"))
     for key, value in {"fetch.dataset": "folder", "fetch.folder": str(folder.resolve()),
                        "preprocess.image_size": size, "train.epochs": 1,
                        "classifier.epochs": 1, "train.eval_every": 1,
-                       "train.batch_size": min(params["train"]["batch_size"], n_train),
-                       **({} if bf16 else {"train.precision": "float32"})}.items():
+                       "train.batch_size": min(params["train"]["batch_size"], n_train)}.items():
         section, name = key.split(".")
         params[section][name] = value
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -349,11 +345,14 @@ def run(images: int = 200_000, size: int = 64, classes: int = 10, second: int = 
             scaling["full_images_per_sec"] = round(images / main["stages"]["preprocess"]["seconds"])
             speed = {f"{px}px": _throughput(work, Path(tmp) / f"p{px}", px, train_steps,
                                             repeats) for px in sorted({28, size})}
-            precision = yaml.safe_load((work / "params.yaml").read_text())["train"]["precision"]
             extra = _point(repo, Path(tmp) / "second", second, size, classes, train_steps) \
                 if second else None
     finally:
         signal.signal(signal.SIGTERM, stop)
+    from dcgan.seeding import resolve_precision  # TF, in this process only at the end
+
+    precision = resolve_precision(yaml.safe_load((repo / "params.yaml").read_text())
+                                  ["train"]["precision"])
     return _figures(main, extra, scaling, speed,
                     {"size": size, "classes": classes, "precision": precision})
 

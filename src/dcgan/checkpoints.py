@@ -33,6 +33,7 @@ from dcgan.config import TrainConfig
 from dcgan.distribution import agree
 from dcgan.errors import UserError
 from dcgan.outputs import atomic_path, replace_dir
+from dcgan.seeding import resolve_precision
 
 RUN_FILE = "run.json"
 
@@ -45,8 +46,9 @@ def checkpoint_dir(root: Path, cfg: TrainConfig, data_md5: str, worker: int = 0)
     devices, so a run stopped on one GPU may resume on two. Worker N > 0 of a multi-worker
     cluster keeps its own copy in `<key>-worker<N>` (it may share the chief's disk).
     """
-    key = json.dumps({"train": cfg.model_dump(exclude={"distribution"}), "data": data_md5},
-                     sort_keys=True)
+    train = {**cfg.model_dump(exclude={"distribution"}),
+             "precision": resolve_precision(cfg.precision)}  # `auto` as this machine runs it
+    key = json.dumps({"train": train, "data": data_md5}, sort_keys=True)
     name = hashlib.sha256(key.encode()).hexdigest()[:16]
     return root / (f"{name}-worker{worker}" if worker else name)
 

@@ -83,8 +83,9 @@ class TrainConfig(_Section):
     g_filters: int = Field(64, ge=1, le=2048, description="paper arch: G's last hidden width")
     d_filters: int = Field(64, ge=1, le=2048, description="paper arch: D's first layer width")
     seed: int = Field(42, ge=0, description="seed of weights, noise and data order")
-    precision: Literal["float32", "mixed_bfloat16"] = Field(
-        "float32", description="Keras dtype policy"
+    precision: Literal["auto", "float32", "mixed_bfloat16"] = Field(
+        "auto", description="Keras dtype policy; auto: mixed_bfloat16 where bfloat16 is "
+                            "native (GPU sm_80+, CPU AVX512_BF16 or AMX), else float32"
     )
     update: Literal["alternating", "simultaneous"] = Field(
         "alternating",

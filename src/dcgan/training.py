@@ -188,7 +188,7 @@ def train(params: Params, data_file: Path, classifier_path: Path, out: TrainOutp
     data_md5 = dataset_md5(data_file)
     _replica_batch(cfg.batch_size, role)
     # 1. Seeds first: the initial weights and the noise draw from them.
-    seed_everything(cfg.seed, cfg.precision)
+    policy = seed_everything(cfg.seed, cfg.precision)  # `auto` resolved for this machine
     batches = SeededBatches(data.train_x, cfg.batch_size, cfg.seed)
     gan = build_gan(cfg, data.image_shape, role.strategy)
     ckpt = checkpoint_dir(out.checkpoints, cfg, data_md5, role.worker)
@@ -199,7 +199,8 @@ def train(params: Params, data_file: Path, classifier_path: Path, out: TrainOutp
     progress = Progress.inside(ckpt, out)
     quality = _quality_monitor(cfg, classifier_path, data.test_x, progress.quality)
     callbacks = _callbacks(cfg, ckpt, progress, batches, steps, quality)
-    tags = {"dataset": params.fetch.dataset, "data_md5": data_md5, "arch": cfg.arch}
+    tags = {"dataset": params.fetch.dataset, "data_md5": data_md5, "arch": cfg.arch,
+            "precision": policy}
     default_name = f"{cfg.arch}-{params.fetch.dataset}-{params.preprocess.image_size}px"
     # 2. Train inside the MLflow run; it is marked FAILED if anything raises. A training
     # resumed from a checkpoint continues the run it started. The run's params are those
