@@ -17,15 +17,30 @@ SAPPHIRE_RAPIDS = "flags\t\t: fpu avx avx2 avx512f avx512_bf16 amx_bf16 amx_tile
 @pytest.mark.parametrize(("flags", "native"), [(AVX2, False), (SAPPHIRE_RAPIDS, True),
                                                ("flags : avx512f avx512_bf16\n", True),
                                                ("flags : avx512f avx512bw\n", False)])
-def test_native_bfloat16_reads_the_cpu_flags(tmp_path: Path, flags: str, native: bool) -> None:
-    assert not tf.config.list_physical_devices("GPU")  # this machine: the CPU decides
+def test_native_bfloat16_reads_the_cpu_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                            flags: str, native: bool) -> None:
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind: [])  # no GPU
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(flags)
     assert seeding.native_bfloat16(cpuinfo) is native
 
 
-def test_no_cpuinfo_means_float32(tmp_path: Path) -> None:
+def test_no_cpuinfo_means_float32(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind: [])
     assert seeding.native_bfloat16(tmp_path / "missing") is False
+
+
+@pytest.mark.parametrize(("capability", "native"), [((7, 5), False), ((8, 0), True),
+                                                    ((9, 0), True)])
+def test_a_gpu_decides_by_its_compute_capability(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path, capability: tuple,
+                                                 native: bool) -> None:
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind: ["GPU:0"])
+    monkeypatch.setattr(tf.config.experimental, "get_device_details",
+                        lambda device: {"compute_capability": capability})
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(SAPPHIRE_RAPIDS)  # the GPU trains, so its capability counts
+    assert seeding.native_bfloat16(cpuinfo) is native
 
 
 @pytest.mark.parametrize("native", [False, True])

@@ -4,7 +4,7 @@ Every stage that trains or samples calls `seed_everything` before it builds a mo
 same params give the same bytes: weights, samples, metrics (two clean `dvc repro` runs give
 identical md5s in dvc.lock). Op determinism costs little here; the README gives the figure.
 The dtype policy is set here too: `auto` resolves to mixed_bfloat16 where the hardware
-computes bfloat16 natively, float32 elsewhere (emulated bfloat16 ran 60x slower).
+computes bfloat16 natively, float32 elsewhere (emulated bfloat16 ran about 20x slower).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 def native_bfloat16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether this machine computes bfloat16 natively: a GPU of compute capability 8.0 or
     newer (Ampere on), else a CPU with AVX512_BF16 or AMX. An AVX2-only CPU emulates it: an
-    MNIST epoch took 321 s in mixed_bfloat16 against 5 s in float32 on one."""
+    MNIST epoch took 321 s in mixed_bfloat16 (other work sharing the cores), about 14 s in
+    float32, on one."""
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
