@@ -113,10 +113,17 @@ def stage_script(tmp_path: Path, body: str) -> list[str]:
     return [sys.executable, str(script)]
 
 
+def _default_sigint() -> None:
+    # A shell without job control starts `cmd &` with SIGINT ignored, and Python keeps an
+    # inherited SIG_IGN: the stage would then ignore the SIGINT these tests send it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(command: list[str]) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != CHILD_ENV}
     return subprocess.Popen(command, cwd=Path(command[1]).parent, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_default_sigint)
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
