@@ -123,28 +123,34 @@ def _open_raw(raw_dir: Path, size: int, workers: int | None) -> _ArraySource | _
 
 
 class _Stats:
-    """Running per-channel min, max and (exact, integer) sum of the pixels, and the colour
-    spread; cheap uint8 arithmetic, as the pool's parent process runs it on every block."""
+    """Running per-channel min, max and (exact, integer) sum of the pixels, and whether any
+    pixel is coloured. The pool's parent process runs it on every block, so it works on
+    contiguous channel planes: numpy reduces an (pixels, 3) array along its long axis about
+    15x slower (425 ms a 1024-image 64 px block, about half the time two workers take to
+    decode it, against 25 ms)."""
 
     def __init__(self) -> None:
         self.count, self.low, self.high, self.total = 0, None, None, None
-        self.spread = 0  # the largest |channel - channel 0| of any pixel: 0 for grey
+        # The largest |channel - channel 0| of any pixel (0 for grey), tracked only up to
+        # the 2 levels of JPEG slack: one coloured pixel settles it.
+        self.spread = 0
 
     def add(self, x: np.ndarray) -> None:
         if not len(x):
             return
-        flat = x.reshape(-1, x.shape[-1])  # (pixels, C)
-        low, high = flat.min(axis=0), flat.max(axis=0)
-        total = flat.sum(axis=0, dtype=np.uint64)
-        first = flat[:, :1]
-        self.spread = max(self.spread, int((np.maximum(flat, first) - np.minimum(flat, first))
-                                           .max()))
+        planes = np.ascontiguousarray(x.reshape(-1, x.shape[-1]).T)  # (C, pixels)
+        low, high = planes.min(axis=1), planes.max(axis=1)
+        total = planes.sum(axis=1, dtype=np.uint64)
+        if self.spread <= 2:
+            self.spread = max([self.spread, *(int((np.maximum(p, planes[0])
+                                                    - np.minimum(p, planes[0])).max())
+                                              for p in planes[1:])])
         if self.total is None:
             self.low, self.high, self.total = low, high, total
         else:
             self.low, self.high = np.minimum(self.low, low), np.maximum(self.high, high)
             self.total = self.total + total
-        self.count += len(flat)
+        self.count += planes.shape[1]
 
     def summary(self, channels: int) -> dict:
         """min, max and per-channel mean of the first `channels` channels, in [-1, 1]."""
