@@ -237,6 +237,24 @@ def test_one_worker_and_two_give_the_same_bytes(tmp_path):
     assert dataset_md5(tmp_path / "one" / "d") == dataset_md5(tmp_path / "two" / "d")
 
 
+def test_blocks_through_the_shared_slots_give_the_same_bytes(tmp_path, monkeypatch):
+    # 4-image blocks: the workers fill one slot while the parent writes the other, and
+    # unreadable files scattered over the blocks leave their places unused.
+    for i in range(30):
+        _save(tmp_path / "in" / f"{i:02}.jpg", RNG.integers(0, 256, (9, 11, 3), dtype=np.uint8))
+    for i in (3, 8, 9, 21, 29):
+        (tmp_path / "in" / f"{i:02}x.png").write_bytes(b"\x89PNG not really")
+    _fetch(tmp_path, dataset="folder", folder=str(tmp_path / "in"))
+    whole, _ = _run(tmp_path / "raw", tmp_path / "one", image_size=8, workers=2,
+                    skip_unreadable=True)
+    monkeypatch.setattr(preprocessing, "BLOCK", 4)
+    monkeypatch.setattr(preprocessing, "POOL_CHUNK", 3)
+    blocks, _ = _run(tmp_path / "raw", tmp_path / "two", image_size=8, workers=2,
+                     skip_unreadable=True)
+    assert whole == blocks and whole["skipped"] == 5 and sum(whole["counts"].values()) == 30
+    assert dataset_md5(tmp_path / "one" / "d") == dataset_md5(tmp_path / "two" / "d")
+
+
 def test_folder_of_grey_images_stays_grey_and_is_center_cropped(tmp_path):
     stripes = np.zeros((16, 48, 3), np.uint8)  # black | white | black, saved as RGB
     stripes[:, 16:32] = 255

@@ -10,7 +10,9 @@ images. Folder and archive images are decoded by a pool of processes, one per co
 from __future__ import annotations
 
 import logging
+import mmap
 import multiprocessing
+import multiprocessing.pool
 import os
 import shutil
 from collections.abc import Iterator
@@ -28,7 +30,7 @@ from dcgan.outputs import write_json
 
 log = logging.getLogger(__name__)
 
-# Images decoded per task of the process pool: enough to amortise the pickling.
+# Images decoded per task of the process pool: enough to amortise the messages.
 POOL_CHUNK = 32
 # Images resized, checked and written at a time.
 BLOCK = 1024
@@ -73,24 +75,33 @@ class _ArraySource:
 
 
 _READER: imagefiles.ImageReader | None = None  # one per pool process
+_SLOTS: np.ndarray | None = None  # (2, BLOCK, S, S, 3) uint8, shared with the parent
 
 
-def _set_reader(reader: imagefiles.ImageReader) -> None:
-    global _READER
-    _READER = reader
+def _set_reader(reader: imagefiles.ImageReader, slots: np.ndarray) -> None:
+    global _READER, _SLOTS
+    _READER, _SLOTS = reader, slots
 
 
-def _decode(task: tuple[str, int]) -> np.ndarray | str:
-    """A pool task: one image as uint8 (S, S, 3), or the reason it cannot be read."""
-    name, size = task
+def _decode(task: tuple[int, int, str, int]) -> str | None:
+    """A pool task: decode one image into its place in the shared slots; None, or the
+    reason it cannot be read."""
+    slot, place, name, size = task
     try:
-        return _READER.square_rgb(name, size)
+        _SLOTS[slot, place] = _READER.square_rgb(name, size)
     except imagefiles.BadImage as err:
         return str(err)
+    return None
 
 
 class _FolderSource:
-    """The folder or archive a manifest lists, decoded in parallel by a process pool."""
+    """The folder or archive a manifest lists, decoded in parallel by a process pool.
+
+    The workers write pixels straight into two block-sized slots of memory shared with
+    the parent (an anonymous shared mapping, inherited by fork) and send back only None or
+    an error: piping every 64 px image (12 KB) back to the parent cost more than decoding
+    it. Block k+1 is decoding into one slot while the parent writes block k from the
+    other; block k+2 is queued only once block k is written."""
 
     def __init__(self, path: Path, size: int, workers: int | None):
         listing, _ = manifest.read_manifest(path)
@@ -100,18 +111,26 @@ class _FolderSource:
         self.workers = workers or len(os.sched_getaffinity(0))
 
     def blocks(self, order: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
-        tasks = ((self.names[i], self.size) for i in order)
+        shape = (2, BLOCK, self.size, self.size, 3)
+        slots = np.frombuffer(mmap.mmap(-1, int(np.prod(shape))), np.uint8).reshape(shape)
+        starts = range(0, len(order), BLOCK)
         # fork: the parent holds no threads or TF, and workers start in milliseconds.
         with multiprocessing.get_context("fork").Pool(
-                self.workers, initializer=_set_reader, initargs=(self.reader,)) as pool:
-            results = pool.imap(_decode, tasks, chunksize=POOL_CHUNK)
-            for start in range(0, len(order), BLOCK):
-                rows = order[start:start + BLOCK]
-                got = [next(results) for _ in rows]
-                ok = [i for i, r in enumerate(got) if not isinstance(r, str)]
-                images = (np.stack([got[i] for i in ok]) if ok
-                          else np.empty((0, self.size, self.size, 3), np.uint8))
-                yield images, self.y[rows[ok]], [r for r in got if isinstance(r, str)]
+                self.workers, initializer=_set_reader, initargs=(self.reader, slots)) as pool:
+
+            def submit(k: int) -> tuple[np.ndarray, multiprocessing.pool.AsyncResult]:
+                rows = order[starts[k]:starts[k] + BLOCK]
+                tasks = [(k % 2, place, self.names[row], self.size)
+                         for place, row in enumerate(rows)]
+                return rows, pool.map_async(_decode, tasks, chunksize=POOL_CHUNK)
+
+            pending = submit(0) if starts else None
+            for k in range(len(starts)):
+                rows, job = pending
+                pending = submit(k + 1) if k + 1 < len(starts) else None
+                got = job.get()
+                ok = [i for i, err in enumerate(got) if err is None]
+                yield slots[k % 2, ok], self.y[rows[ok]], [err for err in got if err]
 
 
 def _open_raw(raw_dir: Path, size: int, workers: int | None) -> _ArraySource | _FolderSource:
