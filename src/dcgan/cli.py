@@ -249,7 +249,7 @@ def _add_stage_benches(kinds: argparse._SubParsersAction) -> list[argparse.Argum
                     "temporary DVC repo: every stage's peak RSS (train for --train-steps "
                     "steps), the disk taken, preprocess on one core and on all, train "
                     "throughput from disk and from memory; again for --second images. "
-                    "76 minutes with --train-steps 10 on a 2-core AVX2 CPU in float32 (a 64 "
+                    "83 minutes with --train-steps 10 on a 2-core AVX2 CPU in float32 (a 64 "
                     "px step there takes 6.5-8 s; the classifier trains an epoch on the "
                     "labelled images), progress on stderr.")
     for flag, default, what in (("--images", 200_000, "images in the folder"),
