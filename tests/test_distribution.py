@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -173,6 +174,16 @@ def _result(stdout: str) -> dict:
     return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
 
 
+def _kill(procs: list[subprocess.Popen]) -> None:
+    """SIGKILL every process that still runs, with its children (as a lost machine would)."""
+    for proc in procs:
+        if proc.poll() is None:
+            for child in [*psutil.Process(proc.pid).children(recursive=True), proc]:
+                child.send_signal(signal.SIGKILL)
+    for proc in procs:
+        proc.wait(timeout=60)
+
+
 def _kill_after_first_checkpoint(procs: list[subprocess.Popen], checkpoints: Path) -> None:
     """SIGKILL every process (with its children) once epoch 1 is checkpointed under
     `checkpoints` (as a lost machine would stop them)."""
@@ -181,9 +192,7 @@ def _kill_after_first_checkpoint(procs: list[subprocess.Popen], checkpoints: Pat
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
             [p.communicate() for p in procs]
         time.sleep(0.02)
-    for proc in procs:
-        for child in [*psutil.Process(proc.pid).children(recursive=True), proc]:
-            child.send_signal(signal.SIGKILL)
+    _kill(procs)
     for proc in procs:
         proc.communicate(timeout=60)
 
@@ -237,19 +246,41 @@ def test_mirrored_training_resumes_to_the_same_weights(mirrored: SimpleNamespace
 
 def _two_workers(chief: Path, worker: Path, kill_after_epoch_1: bool = False) -> SimpleNamespace:
     """The chief's `dvc repro train` and the worker's `dcgan train-worker`, each with its
-    TF_CONFIG on fresh ports; optionally SIGKILLed once the chief checkpoints epoch 1."""
-    ports = [free_port(), free_port()]
-    procs = [subprocess.Popen(cmd, cwd=repo, env=clean_env(TF_CONFIG=_cluster(ports, i)),
-                              text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for i, (cmd, repo) in enumerate([(["dvc", "repro", "train"], chief),
-                                              (["dcgan", "train-worker"], worker)])]
-    if kill_after_epoch_1:
-        _kill_after_first_checkpoint(procs, chief / "models" / "checkpoints")
-        return SimpleNamespace()
-    (c_out, c_err), (w_out, w_err) = [p.communicate(timeout=600) for p in procs]
-    c_err += c_out  # dvc passes the stage's stderr on to its stdout
-    assert procs[0].returncode == 0, c_out[-2000:] + c_err[-3000:]
-    assert procs[1].returncode == 0, w_out[-2000:] + w_err[-3000:]
+    TF_CONFIG on fresh ports; optionally SIGKILLed once the chief checkpoints epoch 1.
+
+    A free port can be taken by another process (an HTTP client's connection, in a parallel
+    test) before the task listens on it; that task then stops with its one-line error and
+    the pair is started again on new ports. When one task fails, the other, which would
+    wait for it, is stopped, and the test fails with both outputs.
+    """
+    for _ in range(3):
+        ports = [free_port(), free_port()]
+        logs = [chief.parent / f"{chief.name}.{name}" for name in ("out", "err")], \
+            [chief.parent / f"{worker.name}.{name}" for name in ("out", "err")]
+        procs = []
+        for i, (cmd, repo) in enumerate([(["dvc", "repro", "train"], chief),
+                                         (["dcgan", "train-worker"], worker)]):
+            with open(logs[i][0], "w") as out, open(logs[i][1], "w") as err:
+                procs.append(subprocess.Popen(cmd, cwd=repo, text=True, stdout=out, stderr=err,
+                                              env=clean_env(TF_CONFIG=_cluster(ports, i))))
+        checkpoints = chief / "models" / "checkpoints"
+        deadline = time.monotonic() + 600
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if kill_after_epoch_1 and list(checkpoints.glob("*/training_metadata.json")):
+                _kill(procs)
+                return SimpleNamespace()
+            if any(p.returncode for p in procs if p.poll() is not None):
+                time.sleep(30)  # the other may end too, with its own error line
+                break
+            time.sleep(0.02)
+        _kill(procs)
+        (c_out, c_err), (w_out, w_err) = [[path.read_text() for path in pair] for pair in logs]
+        c_err += c_out  # dvc passes the stage's stderr on to its stdout
+        if "cannot listen on port" not in c_err + w_err:
+            break
+    assert not kill_after_epoch_1, "no checkpoint of epoch 1:\n" + c_err[-3000:] + w_err[-3000:]
+    assert procs[0].returncode == 0, c_err[-3000:] + "\nworker:\n" + w_err[-3000:]
+    assert procs[1].returncode == 0, w_out[-2000:] + w_err[-3000:] + "\nchief:\n" + c_err[-3000:]
     return SimpleNamespace(chief=_result(c_out), worker=_result(w_out), chief_err=c_err,
                            worker_err=w_err)
 
@@ -338,6 +369,17 @@ def test_train_worker_refuses_what_cannot_work(tiny: Path) -> None:
         assert proc.returncode == 2
         [line] = proc.stderr.strip().splitlines()  # no TF start-up logs: TF never loads
         assert line.startswith("error: ") and message in line
+    with socket.socket() as taken:  # this task's port: another program listens on it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run(["dcgan", "train-worker"], tiny, check=False,
+                   env={**env, "TF_CONFIG": _cluster([free_port(), port], 1)})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: cannot listen on port {port} (127.0.0.1:{port}, this task's address in "
+        "TF_CONFIG): the port is taken or the host is not this machine; free it, or give "
+        "every task a TF_CONFIG with another port")
     params = tiny.parent / "auto"
     params.mkdir(exist_ok=True)
     (params / "params.yaml").write_text((tiny / "params.yaml").read_text().replace(

@@ -89,7 +89,8 @@ def make_strategy(kind: str) -> Role:
     Raises:
         UserError: if TF_CONFIG is invalid, missing for `multi_worker`, or names a cluster
             of several tasks when the distribution is not `multi_worker` (each process would
-            train on its own and all of them would write the same outputs).
+            train on its own and all of them would write the same outputs); if this task
+            cannot listen on its TF_CONFIG address.
     """
     configure_virtual_cpus()
     config = tf_config()
@@ -112,7 +113,16 @@ def make_strategy(kind: str) -> Role:
     rank, count = task_rank(config)
     print(f"multi_worker: task {rank} of {count} (0 is the chief); waiting until every task in "
           "TF_CONFIG has joined", file=sys.stderr, flush=True)
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    except tf.errors.UnknownError as err:  # TF logs the detail; the cause is the address
+        if "gRPC server" not in str(err):
+            raise
+        address = config["cluster"][config["task"]["type"]][int(config["task"]["index"])]
+        raise UserError(
+            f"cannot listen on port {address.rsplit(':', 1)[1]} ({address}, this task's "
+            "address in TF_CONFIG): the port is taken or the host is not this machine; free "
+            "it, or give every task a TF_CONFIG with another port") from None
     return Role("multi_worker", strategy, chief=rank == 0, worker=rank, workers=count)
 
 
