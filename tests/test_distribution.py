@@ -13,6 +13,7 @@ Run with `pytest tests/test_distribution.py -q` (slow: about three minutes).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -175,11 +176,19 @@ def _result(stdout: str) -> dict:
 
 
 def _kill(procs: list[subprocess.Popen]) -> None:
-    """SIGKILL every process that still runs, with its children (as a lost machine would)."""
+    """SIGKILL every process that still runs, with its children, at once, as a lost machine
+    would stop them. The whole tree is frozen (SIGSTOP) first: killed one by one, a parent
+    reacts to its child's death, and DVC then rewrites .dvc/tmp/rwlock; a SIGKILL in the
+    middle of that leaves it empty, and the next `dvc repro` stops on the corrupt file."""
+    tree = []
     for proc in procs:
-        if proc.poll() is None:
-            for child in [*psutil.Process(proc.pid).children(recursive=True), proc]:
-                child.send_signal(signal.SIGKILL)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            parent = psutil.Process(proc.pid)
+            tree += [parent, *parent.children(recursive=True)]
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for process in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(sig)
     for proc in procs:
         proc.wait(timeout=60)
 
