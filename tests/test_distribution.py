@@ -257,9 +257,9 @@ def _two_workers(chief: Path, worker: Path, kill_after_epoch_1: bool = False) ->
     """The chief's `dvc repro train` and the worker's `dcgan train-worker`, each with its
     TF_CONFIG on fresh ports; optionally SIGKILLed once the chief checkpoints epoch 1.
 
-    A free port can be taken by another process (an HTTP client's connection, in a parallel
-    test) before the task listens on it; that task then stops with its one-line error and
-    the pair is started again on new ports. When one task fails, the other, which would
+    A port `free_port` found free can be taken (by any process's outgoing connection)
+    before the task listens on it; that task then stops with its one-line error and the
+    pair is started again on new ports. When one task fails, the other, which would
     wait for it, is stopped, and the test fails with both outputs.
     """
     for _ in range(3):
