@@ -491,3 +491,25 @@ def test_seeded_batches_depend_on_seed_and_epoch_only() -> None:
     assert not np.array_equal(epoch(SeededBatches(images, 16, seed=1), 0), orders[0])
     with pytest.raises(UserError, match="batch_size = 16 exceeds the 15"):
         SeededBatches(images[:15], 16, seed=42)
+
+
+def test_seeded_batches_from_disk_are_those_from_memory(tmp_path: Path) -> None:
+    pixels = np.random.default_rng(3).integers(0, 256, (70, 4, 4, 3), dtype=np.uint8)
+    writer = imagestore.NpyWriter(tmp_path / "x.npy", pixels.shape[1:])
+    writer.append(pixels)
+    writer.close()
+    disk = SeededBatches(imagestore.ImageArray(tmp_path / "x.npy"), 16, seed=5)
+    memory = SeededBatches(pixels, 16, seed=5)
+    # The same static shape (16, 4, 4, 3): a step traced with an unknown batch dimension
+    # ran 5-8% slower at 64 px than the same step on batches from memory.
+    assert disk.dataset.element_spec == memory.dataset.element_spec
+    assert disk.dataset.element_spec.shape == (16, 4, 4, 3)
+    for epoch in (0, 3):
+        disk.on_epoch_begin(epoch)
+        memory.on_epoch_begin(epoch)
+        for a, b in zip(disk.dataset, memory.dataset, strict=True):
+            assert np.array_equal(a.numpy().view(np.uint32), b.numpy().view(np.uint32))
+    ragged = SeededBatches(imagestore.ImageArray(tmp_path / "x.npy"), 16, seed=5,
+                           drop_remainder=False)
+    assert ragged.dataset.element_spec.shape == (None, 4, 4, 3)
+    assert [len(b) for b in ragged.dataset] == [16, 16, 16, 16, 6]

@@ -38,7 +38,9 @@ def _reader(images: ImageArray | np.ndarray) -> Callable[[tf.Tensor], tf.Tensor]
     def read(rows: tf.Tensor) -> tf.Tensor:
         # stateful=False: a pure read, so tf.data may read batches in parallel.
         batch = tf.numpy_function(images.pixels, [rows], tf.uint8, stateful=False)
-        return scale(tf.ensure_shape(batch, (None, *images.image_shape)))
+        # The batch size too, where it is static (drop_remainder), as for a gather from
+        # memory: traced with an unknown batch dimension, the train step ran 5-8% slower.
+        return scale(tf.ensure_shape(batch, (rows.shape[0], *images.image_shape)))
 
     return read
 
