@@ -17,15 +17,15 @@ import statistics
 import subprocess
 import sys
 
-from dcgan.bench import machine
+from dcgan.tools.bench import machine
 
 CHILD = """
 import json, sys, time
 import keras, numpy as np, tensorflow as tf
-from dcgan.config import load_params
-from dcgan.imagestore import open_dataset
-from dcgan.model import build_gan
-from dcgan.batches import SeededBatches
+from dcgan.core.config import load_params
+from dcgan.dataset.imagestore import open_dataset
+from dcgan.nets.model import build_gan
+from dcgan.dataset.batches import SeededBatches
 data_file, epochs, deterministic = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "on"
 cfg = load_params("params.yaml").train
 keras.utils.set_random_seed(cfg.seed)

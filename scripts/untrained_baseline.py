@@ -10,11 +10,12 @@ import json
 
 import numpy as np
 
-from dcgan.config import load_params
-from dcgan.evaluation import evaluate_generator
-from dcgan.imagestore import open_dataset
-from dcgan.model import Generator, load_model
-from dcgan.seeding import seed_everything
+from dcgan.core.config import load_params
+from dcgan.core.seeding import seed_everything
+from dcgan.dataset.imagestore import open_dataset
+from dcgan.evaluation.evaluate import evaluate_generator
+from dcgan.nets.architectures import Generator
+from dcgan.nets.serialisation import load_model
 
 p = load_params()
 seed_everything(p.train.seed, p.train.precision)

@@ -1,20 +1,20 @@
 """Stage evaluate: score generated samples in the classifier's feature space.
 
-Writes the metrics JSON that dvc.yaml declares as DVC metrics, and logs the
-same numbers to the model's MLflow run. Run by DVC (see dvc.yaml).
+Writes the metrics JSON that dvc.yaml declares as DVC metrics (the track stage shows
+them in the generator's MLflow run). Run by DVC (see dvc.yaml).
 """
 
 import json
 
-from dcgan.stage import stage_args, stage_main
+from dcgan.core.stage import stage_args, stage_main
 
 
 def main() -> None:
-    params, args = stage_args(__doc__, "data", "samples", "classifier", "metrics", "run_file")
-    from dcgan.evaluation import evaluate  # not at the top: see dcgan.stage
+    params, args = stage_args(__doc__, "data", "samples", "classifier", "metrics")
+    from dcgan.evaluation.evaluate import evaluate  # not at the top: see dcgan.core.stage
     metrics = evaluate(
         params.evaluate, data_file=args.data, samples_file=args.samples,
-        classifier_path=args.classifier, metrics_file=args.metrics, run_file=args.run_file,
+        classifier_path=args.classifier, metrics_file=args.metrics,
     )
     print(json.dumps(metrics, indent=2))
 

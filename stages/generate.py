@@ -1,20 +1,18 @@
 """Stage generate: sample the trained generator into an array, a grid and latent walks.
 
 Run by DVC (see dvc.yaml), or by hand from the repo root:
-    python stages/generate.py --generator models/generator.keras --out data/generated \
-        --run-file data/train/mlflow_run.json
+    python stages/generate.py --generator models/generator.keras --out data/generated
 """
 
 import json
 
-from dcgan.stage import stage_args, stage_main
+from dcgan.core.stage import stage_args, stage_main
 
 
 def main() -> None:
-    params, args = stage_args(__doc__, "generator", "out", "run_file")
-    from dcgan.sampling import generate  # not at the top: see dcgan.stage
-    summary = generate(params.generate, generator_path=args.generator, out_dir=args.out,
-                       run_file=args.run_file)
+    params, args = stage_args(__doc__, "generator", "out")
+    from dcgan.sampling.generate import generate  # not at the top: see dcgan.core.stage
+    summary = generate(params.generate, generator_path=args.generator, out_dir=args.out)
     print(json.dumps(summary))
 
 

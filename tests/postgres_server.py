@@ -126,8 +126,8 @@ def track_on_postgres(root: Path, pipeline: Background, env: dict[str, str]) -> 
         run(["git", "init", "-q"], clone, env=env)
         commit = commit_all(clone, "tiny pipeline", env=env)
         server = stack.enter_context(mlflow_server(postgres.uri, server_root, env=env))
-        # train starts the run; generate, evaluate and probe add to it (artifacts, metrics,
-        # the registry's alias).
+        # train starts the run; the track stage adds what generate, evaluate and probe
+        # wrote (artifacts, metrics) and the registry's alias.
         repro = run(["dvc", "repro", "-f", "--downstream", "train"], clone,
                     env={**env, "MLFLOW_TRACKING_URI": server.url}).stdout
     except BaseException:

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import importlib.util
 import io
+import json
 import os
 import re
 import shlex
@@ -35,11 +36,12 @@ import yaml
 from PIL import Image
 from test_training import TINY, processed_npz, use_scratch_store
 
-from dcgan import imagefiles, manifest
-from dcgan.classifier import build_classifier
-from dcgan.config import parse_params
-from dcgan.model import build_gan, save_model
-from dcgan.stage import stage_main
+from dcgan.core.config import parse_params
+from dcgan.core.stage import stage_main
+from dcgan.data import imagefiles, manifest
+from dcgan.features.classifier import build_classifier
+from dcgan.nets.model import build_gan
+from dcgan.nets.serialisation import save_model
 
 REPO = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
@@ -71,7 +73,7 @@ def stage_argv(stage: str) -> list[str]:
 
 def stage_outs(stage: str) -> list[str]:
     return [_sub(next(iter(out)) if isinstance(out, dict) else out)
-            for out in DVC["stages"][stage]["outs"]]
+            for out in DVC["stages"][stage].get("outs", [])]
 
 
 @functools.cache
@@ -238,6 +240,12 @@ def valid(*keys: str) -> Callable[[SimpleNamespace], None]:
     return setup
 
 
+def run_file_only(ctx: SimpleNamespace) -> None:
+    """A valid run file, and none of the other train outputs (a clone that has not pulled)."""
+    record = {"generator_md5": "0" * 32, "params": {}, "tags": {"dataset": "mnist-5k"}}
+    put(ctx, "run_file", json.dumps(record).encode())
+
+
 def samples(channels: int, *keys: str) -> Callable[[SimpleNamespace], None]:
     """16 generated images with `channels` channels, the data, and the valid assets `keys`."""
     def setup(ctx: SimpleNamespace) -> None:
@@ -374,8 +382,10 @@ MODEL_CASES = [
     param("generate-generator-truncated-zip", "generate", PATHS["generator"],
          "cannot be loaded as a Keras model", "run the train stage", untrue=("not found",),
          setup=model_file("truncated")),
-    param("generate-run-file-missing", "generate", f"{PATHS['run_file']}: ",
+    param("track-run-file-missing", "track", f"{PATHS['run_file']}: not a run file",
          "run the train stage", setup=valid("generator")),
+    param("track-train-outputs-missing", "track", f"sync: {PATHS['history']}, ",
+         f"{PATHS['generator']}", "missing; run `dvc pull`", setup=run_file_only),
     param("evaluate-classifier-missing", "evaluate", f"{PATHS['classifier']}: no model here",
          "run the classifier stage", setup=samples(1)),
     param("probe-discriminator-missing", "probe", f"{PATHS['discriminator']}: no model here",

@@ -1,4 +1,4 @@
-"""Tests of dcgan.bench (`dcgan bench train`): both contenders really train, the record holds
+"""Tests of dcgan.tools.bench (`dcgan bench train`): both contenders really train, the record holds
 the figures, the machine and the versions, and the results file gains one JSON line per run.
 
 Run with `pytest tests/test_bench.py -q` (about 20 s: two fresh processes at tiny sizes).
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from dcgan import bench
-from dcgan.cli import main
+from dcgan.tools import bench
+from dcgan.tools.cli import main
 
 TINY = {"image_size": 16, "latent_dim": 8, "filters": 8}
 

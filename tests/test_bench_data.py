@@ -1,4 +1,4 @@
-"""Tests of dcgan.bench_data, the `dcgan bench data` benchmark: its disk and page-cache
+"""Tests of dcgan.tools.bench_data, the `dcgan bench data` benchmark: its disk and page-cache
 measures on real files, its clean-up when interrupted, and the whole benchmark at tiny sizes
 (48 images of 16 px in 2 classes, 2 train steps: real DVC, real MLflow, every stage), whose
 record must hold every figure. The figures themselves come from running it.
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from dcgan import bench_data
-from dcgan.errors import UserError
+from dcgan.core.errors import UserError
+from dcgan.tools import bench_data, bench_speed
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = {"fetch", "preprocess", "classifier", "train", "generate", "evaluate", "probe"}
+STAGES = {"fetch", "preprocess", "classifier", "train", "generate", "evaluate", "probe", "track"}
 TARGETS = {"stage_rss", "disk", "preprocess_scaling", "train_from_disk"}
 
 
@@ -51,8 +51,8 @@ def test_disk_bytes_counts_a_hardlinked_file_once(tmp_path: Path) -> None:
 def test_page_cache_drops_and_reads_back(tmp_path: Path) -> None:
     path = tmp_path / "x.npy"
     path.write_bytes(os.urandom(8_000_000))
-    assert bench_data.page_cache([path], "cold") < 0.1
-    assert bench_data.page_cache([path], "warm") == 1.0
+    assert bench_speed.page_cache([path], "cold") < 0.1
+    assert bench_speed.page_cache([path], "warm") == 1.0
 
 
 def test_bad_sizes_are_refused_before_any_work(own_tmp: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tests of dcgan.bench_quality (`dcgan bench quality`): both recipes really train and are
+"""Tests of dcgan.tools.bench_quality (`dcgan bench quality`): both recipes really train and are
 scored every epoch, the threshold comes from the tutorial's curve, and early stopping and the
 record's arithmetic hold.
 
@@ -14,9 +14,9 @@ import pytest
 import yaml
 from test_training import classifier_file, processed_npz
 
-from dcgan import bench_quality
-from dcgan.cli import main
-from dcgan.errors import UserError
+from dcgan.core.errors import UserError
+from dcgan.tools import bench_quality
+from dcgan.tools.cli import main
 
 TINY = {"preprocess": {"image_size": 16},
         "train": {"batch_size": 16, "latent_dim": 8, "g_filters": 8, "d_filters": 8}}

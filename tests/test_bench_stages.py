@@ -1,4 +1,4 @@
-"""Tests of dcgan.bench_stages: the mechanics of the stage benchmarks at tiny sizes (the
+"""Tests of dcgan.tools.bench_stages: the mechanics of the stage benchmarks at tiny sizes (the
 figures themselves come from running them). The RSS reading is checked against a child
 that allocates a known amount, also from a parent that holds a large buffer itself; the
 no-op repro runs real DVC in a one-stage repo; stage_memory runs the real preprocess stage
@@ -19,11 +19,12 @@ import pytest
 import yaml
 from test_evaluation import write_dataset
 
-from dcgan import bench_stages
-from dcgan.classifier import build_classifier
-from dcgan.config import TrainConfig
-from dcgan.errors import UserError
-from dcgan.model import Generator, save_model
+from dcgan.core.config import TrainConfig
+from dcgan.core.errors import UserError
+from dcgan.features.classifier import build_classifier
+from dcgan.nets.architectures import Generator
+from dcgan.nets.serialisation import save_model
+from dcgan.tools import bench_stages
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (16, 16, 1)

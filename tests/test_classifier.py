@@ -1,4 +1,5 @@
-"""Unit tests of dcgan.classifier: shapes, training, seeding, fallback and `.keras` round trip.
+"""Unit tests of dcgan.features.classifier: shapes, training, seeding, fallback and `.keras` round
+trip.
 
 Run with `pytest tests/test_classifier.py`. Training uses 16x16 synthetic
 bright-vs-dark images, a few epochs, so the file runs in seconds on CPU.
@@ -10,13 +11,13 @@ import keras
 import numpy as np
 import pytest
 
-from dcgan.classifier import (
+from dcgan.core.config import ClassifierConfig
+from dcgan.core.errors import UserError
+from dcgan.features.classifier import (
     build_classifier,
     feature_extractor,
     train_classifier,
 )
-from dcgan.config import ClassifierConfig
-from dcgan.errors import UserError
 
 CFG = ClassifierConfig(epochs=3, batch_size=16, feature_dim=8, seed=0)
 

@@ -1,4 +1,5 @@
-"""Tests of `dcgan compare` (dcgan.compare and dcgan.cli) against a real MLflow SQLite store.
+"""Tests of `dcgan compare` (dcgan.tools.compare and dcgan.tools.cli) against a real MLflow SQLite
+store.
 
 Run with `pytest tests/test_compare.py -q`. One store per module holds five runs logged
 with MlflowClient: three finished mnist-5k runs that differ only in train.lr (one from a
@@ -20,9 +21,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dcgan import compare, tracking
-from dcgan.cli import main
-from dcgan.errors import UserError
+from dcgan.core.errors import UserError
+from dcgan.tools import compare
+from dcgan.tools.cli import main
+from dcgan.tracking.queries import search_runs
 
 T0 = 1_700_000_000_000  # ms since the epoch; run i starts i hours later
 PARAMS = {"preprocess.image_size": "28", "preprocess.channels": "null", "train.epochs": "5",
@@ -76,7 +78,7 @@ def store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store_uri: str):
 
 
 def mnist_runs() -> pd.DataFrame:
-    return tracking.search_runs(dataset="mnist-5k", finished_only=True)
+    return search_runs(dataset="mnist-5k", finished_only=True)
 
 
 def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[str, str]:
@@ -103,7 +105,7 @@ def test_default_columns_show_only_differing_params_and_present_metrics() -> Non
     assert list(df.columns) == ["run", "exp", "train.lr", "frechet_distance", "kid", "precision",
                                 "recall", "duration", "run_id"]
     # Across datasets fetch.dataset differs too, and the fashion run brings classifier_score.
-    df = compare.table(tracking.search_runs(finished_only=True))
+    df = compare.table(search_runs(finished_only=True))
     assert [c for c in df.columns if "." in c] == ["fetch.dataset", "train.lr"]
     assert "classifier_score" in df.columns and "probe_accuracy" not in df.columns
 

@@ -1,4 +1,4 @@
-"""Unit tests of dcgan.config: defaults, params.yaml, one-line errors, arch/size rules, Adam.
+"""Unit tests of dcgan.core.config: defaults, params.yaml, one-line errors, arch/size rules, Adam.
 
 Run with `pytest tests/test_config.py -q` (no TensorFlow; well under a second).
 """
@@ -11,7 +11,7 @@ import pydantic
 import pytest
 import yaml
 
-from dcgan.config import (
+from dcgan.core.config import (
     ARCH_ADAM,
     Params,
     TrainConfig,
@@ -20,7 +20,7 @@ from dcgan.config import (
     paper_start_size,
     parse_params,
 )
-from dcgan.errors import UserError
+from dcgan.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,6 +57,11 @@ def test_repo_params_yaml_validates() -> None:
     assert set(raw) == set(Params.model_fields)
     for section, values in raw.items():
         assert set(values) == set(type(getattr(params, section)).model_fields), section
+
+
+def test_params_yaml_holds_the_code_defaults() -> None:
+    """One set of defaults: a key left out of params.yaml means what the file says."""
+    assert load_params(REPO / "params.yaml") == Params()
 
 
 def test_partial_section_keeps_other_defaults() -> None:

@@ -1,4 +1,4 @@
-"""Unit tests of dcgan.data and dcgan.preprocessing: fetch (offline, folder, download),
+"""Unit tests of dcgan.data.fetch and dcgan.data.preprocessing: fetch (offline, folder, download),
 preprocess (arrays, folders, archives, unreadable files), md5.
 
 Run with `pytest tests/test_data.py -q`. Downloads go to a real `http.server` on
@@ -24,10 +24,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dcgan import data, manifest, preprocessing, sources
-from dcgan.config import FetchConfig, PreprocessConfig
-from dcgan.errors import UserError
-from dcgan.imagestore import Dataset, dataset_md5, open_dataset
+from dcgan.core.config import FetchConfig, PreprocessConfig
+from dcgan.core.download import download
+from dcgan.core.errors import UserError
+from dcgan.core.outputs import file_md5
+from dcgan.data import fetch as data
+from dcgan.data import manifest, preprocessing, sources
+from dcgan.dataset.imagestore import Dataset, dataset_md5, open_dataset
 
 RNG = np.random.default_rng(0)
 
@@ -148,7 +151,7 @@ def test_resize_and_channels(mnist_raw, tmp_path, size, channels, want_c):
 def test_file_md5_is_the_plain_md5(tmp_path):
     path = tmp_path / "blob"
     path.write_bytes(RNG.bytes(100_000))
-    assert data.file_md5(path) == hashlib.md5(path.read_bytes()).hexdigest()
+    assert file_md5(path) == hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def test_open_dataset_missing_is_a_user_error(tmp_path):
@@ -413,7 +416,7 @@ def test_download_verifies_and_then_uses_the_cache(server, tmp_path):
     payload = b"some dataset bytes" * 1000
     sha = _serve(server, "blob.bin", payload)
     for _ in range(2):
-        path = sources.download(server.url + "blob.bin", sha, tmp_path / "cache", "ds")
+        path = download(server.url + "blob.bin", sha, tmp_path / "cache", "ds")
         assert path == tmp_path / "cache" / "ds" / "blob.bin"
         assert path.read_bytes() == payload
     assert server.hits == ["/files/blob.bin"]  # the second call never reached the server

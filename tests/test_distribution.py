@@ -31,11 +31,11 @@ import yaml
 from dvc_repo import REPO, clean_env, copy_workspace, free_port, run
 from mlflow.tracking import MlflowClient
 
-from dcgan.cluster import task_rank, tf_config
-from dcgan.config import TrainConfig
-from dcgan.distribution import Role, make_strategy
-from dcgan.errors import UserError
-from dcgan.training import _replica_batch
+from dcgan.core.config import TrainConfig
+from dcgan.core.errors import UserError
+from dcgan.training.cluster import task_rank, tf_config
+from dcgan.training.distribution import Role, make_strategy
+from dcgan.training.train import _replica_batch
 
 TRAIN_ARGS = ["--data", "data/processed/dataset", "--classifier", "models/classifier.keras"]
 
@@ -114,10 +114,10 @@ ONE_STEP = """
 import json, sys
 import numpy as np
 import tensorflow as tf
-from dcgan.config import TrainConfig
-from dcgan.distribution import make_strategy
-from dcgan.model import build_gan
-from dcgan.seeding import seed_everything
+from dcgan.core.config import TrainConfig
+from dcgan.training.distribution import make_strategy
+from dcgan.nets.model import build_gan
+from dcgan.core.seeding import seed_everything
 
 def one_step(kind, update):
     role = make_strategy(kind)  # DCGAN_VIRTUAL_CPUS=2: mirrored has two replicas

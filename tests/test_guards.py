@@ -1,4 +1,5 @@
-"""Training health (dcgan.guards) and safe loading: divergence stops training with one error,
+"""Training health (dcgan.training.guards) and safe loading: divergence stops training with one
+error,
 keeping the last good checkpoint and a FAILED run; collapse warns and tags the run; params,
 arrays and models are never deserialised unsafely.
 
@@ -19,12 +20,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 from test_training import TINY, outputs, processed_npz, use_scratch_store
 
-from dcgan import imagestore, training
-from dcgan.config import load_params, parse_params
-from dcgan.errors import UserError
-from dcgan.guards import CollapseWatch, Diverged, DivergenceGuard
-from dcgan.model import load_model
-from dcgan.training import checkpoint_dir, train
+from dcgan.core.config import load_params, parse_params
+from dcgan.core.errors import UserError
+from dcgan.dataset import imagestore
+from dcgan.nets.serialisation import load_model
+from dcgan.training import train as training
+from dcgan.training.guards import CollapseWatch, Diverged, DivergenceGuard
+from dcgan.training.train import checkpoint_dir, train
 
 NO_QUALITY = {**TINY, "train": {**TINY["train"], "eval_every": 0}}
 
@@ -117,19 +119,15 @@ def test_absurd_learning_rate_collapses_d_and_is_flagged(
     assert run.data.tags["collapse"].startswith(f"D's loss stayed below 0.05 in epochs {first}")
 
 
-def test_collapse_needs_patience_epochs_in_a_row(capsys: pytest.CaptureFixture,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    tags = []
-    monkeypatch.setattr("dcgan.tracking.set_tags", tags.append)
+def test_collapse_needs_patience_epochs_in_a_row(capsys: pytest.CaptureFixture) -> None:
     watch = CollapseWatch(patience=3, threshold=0.05)
-    for epoch, loss in enumerate([0.01, 0.02, 0.9, 0.01, 0.0, 0.03, 0.0, 0.0]):
-        watch.on_epoch_end(epoch, {"d_loss": loss})
-    assert [t["collapse"].split(" in epochs ")[1][:3] for t in tags] == ["4-6"]  # once
+    notes = [watch.update(epoch, {"d_loss": loss})
+             for epoch, loss in enumerate([0.01, 0.02, 0.9, 0.01, 0.0, 0.03, 0.0, 0.0])]
+    tags = [note for note in notes if note is not None]
+    assert [t.split(" in epochs ")[1][:3] for t in tags] == ["4-6"]  # once
     assert capsys.readouterr().err.count("warning:") == 1
     off = CollapseWatch(patience=0, threshold=0.05)
-    for epoch in range(5):
-        off.on_epoch_end(epoch, {"d_loss": 0.0})
-    assert len(tags) == 1
+    assert [off.update(epoch, {"d_loss": 0.0}) for epoch in range(5)] == [None] * 5
 
 
 # ---------------------------------------------------------------- safe loading

@@ -1,4 +1,4 @@
-"""Unit tests of dcgan.imagestore: the processed dataset's uint8 .npy files, written in one
+"""Unit tests of dcgan.dataset.imagestore: the processed dataset's uint8 .npy files, written in one
 pass and read by row.
 
 Run with `pytest tests/test_imagestore.py -q`.
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import yaml
 
-from dcgan import imagestore
-from dcgan.errors import UserError
-from dcgan.imagestore import ImageArray, NpyWriter, open_dataset, scale
+from dcgan.core.errors import UserError
+from dcgan.dataset import imagestore
+from dcgan.dataset.imagestore import ImageArray, NpyWriter, open_dataset, scale
 
 RNG = np.random.default_rng(0)
 

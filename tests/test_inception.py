@@ -1,4 +1,4 @@
-"""Unit tests of dcgan.inception: loading InceptionV3 weights, its outputs, FID/IS keys.
+"""Unit tests of dcgan.evaluation.inception: loading InceptionV3 weights, its outputs, FID/IS keys.
 
 Run with `pytest tests/test_inception.py -q`. The official weights cannot be
 downloaded here, so the code runs on a randomly initialised InceptionV3 saved to
@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from keras.src.legacy.saving import legacy_h5_format
 
-from dcgan import inception
-from dcgan.data import file_md5
-from dcgan.errors import UserError
+from dcgan.core.errors import UserError
+from dcgan.core.outputs import file_md5
+from dcgan.evaluation import inception
 
 RNG = np.random.default_rng(0)
 UNVERIFIED = {"inception_fd_unverified", "inception_score_unverified",
@@ -81,7 +81,7 @@ def test_official_md5_makes_the_file_verified(weights, monkeypatch, caplog):
     monkeypatch.setattr(inception, "WEIGHTS_MD5", file_md5(weights.legacy))
     _, verified = inception.load_inception(str(weights.legacy))
     assert verified
-    with caplog.at_level(logging.WARNING, logger="dcgan.inception"):
+    with caplog.at_level(logging.WARNING, logger="dcgan.evaluation.inception"):
         result = inception.inception_metrics(weights.model, verified, _images(6), _images(6),
                                              batch_size=6, splits=2)
     assert set(result) == {"fid", "inception_score", "inception_score_std"}
@@ -135,7 +135,7 @@ def test_outputs_reject_bad_images(weights, images, words):
 def test_unverified_metrics_have_their_own_keys_and_a_warning(weights, caplog):
     # One Fréchet distance per test: in 2048 dimensions it takes seconds on 2 cores.
     samples = _images(6)
-    with caplog.at_level(logging.WARNING, logger="dcgan.inception"):
+    with caplog.at_level(logging.WARNING, logger="dcgan.evaluation.inception"):
         result = inception.inception_metrics(weights.model, False, samples, samples,
                                              batch_size=6, splits=2)
     assert set(result) == UNVERIFIED and "fid" not in result

@@ -1,4 +1,5 @@
-"""Unit tests of dcgan.metrics and dcgan.neighbours: the metric maths against closed forms
+"""Unit tests of dcgan.evaluation.metrics and dcgan.evaluation.neighbours: the metric maths against
+closed forms
 and independent code.
 
 Run with `pytest tests/test_metrics.py`. The Fréchet distance is checked against
@@ -18,8 +19,9 @@ import pytest
 from scipy.linalg import sqrtm
 from scipy.spatial.distance import cdist
 
-from dcgan import neighbours
-from dcgan.metrics import (
+from dcgan.evaluation import neighbours
+from dcgan.evaluation.coverage import copy_ratio, memorisation_ratio, precision_recall
+from dcgan.evaluation.metrics import (
     classifier_score,
     frechet_distance,
     frechet_distance_of,
@@ -27,14 +29,7 @@ from dcgan.metrics import (
     kid,
     mode_coverage,
 )
-from dcgan.neighbours import (
-    copy_ratio,
-    knn_radii,
-    memorisation_ratio,
-    nearest_in_blocks,
-    nn_distances,
-    precision_recall,
-)
+from dcgan.evaluation.neighbours import knn_radii, nearest_in_blocks, nn_distances
 
 
 def _random_spd(rng: np.random.Generator, dim: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Unit tests of dcgan.model: shapes for both architectures, the paper's guidelines,
+"""Unit tests of dcgan.nets.model: shapes for both architectures, the paper's guidelines,
 the adversarial train_step, determinism, mixed precision and saving the generator.
 
 Run with `pytest tests/test_model.py -q`. Tiny networks (latent 8, 8 filters) on CPU.
@@ -18,9 +18,11 @@ import pytest
 import tensorflow as tf
 from keras import layers
 
-from dcgan.config import TrainConfig
-from dcgan.errors import UserError
-from dcgan.model import DCGAN, Discriminator, Generator, build_gan, load_model, save_model
+from dcgan.core.config import TrainConfig
+from dcgan.core.errors import UserError
+from dcgan.nets.architectures import Discriminator, Generator
+from dcgan.nets.model import DCGAN, build_gan
+from dcgan.nets.serialisation import load_model, save_model
 
 LATENT = 8
 
@@ -267,9 +269,9 @@ def test_saved_generator_reloads_without_custom_objects(tmp_path: Path) -> None:
 
 _WEIGHTS_MD5 = """
 import hashlib
-from dcgan.config import TrainConfig
-from dcgan.model import build_gan
-from dcgan.seeding import seed_everything
+from dcgan.core.config import TrainConfig
+from dcgan.nets.model import build_gan
+from dcgan.core.seeding import seed_everything
 seed_everything({seed}, "float32")
 gan = build_gan(TrainConfig(latent_dim=8, g_filters=8, d_filters=8), (16, 16, 1))
 print(hashlib.md5(b"".join(w.numpy().tobytes() for w in gan.weights)).hexdigest())

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
-from dvc_repo import ran_stages, run
+from dvc_repo import commit_all, copy_workspace, ran_stages, run
 from mlflow.tracking import MlflowClient
 
 SUITE = ("frechet_distance", "kid", "kid_std", "precision", "recall", "classifier_score",
@@ -41,7 +41,7 @@ def first_repro(pipeline: SimpleNamespace) -> str:
 @pytest.mark.slow
 def test_repro_writes_every_output(clone: Path, first_repro: str) -> None:
     assert ran_stages(first_repro) == {
-        "fetch", "preprocess", "classifier", "train", "generate", "evaluate", "probe"}
+        "fetch", "preprocess", "classifier", "train", "generate", "evaluate", "probe", "track"}
     for path in ("models/generator.keras", "models/discriminator.keras",
                  "models/classifier.keras", "data/train/progress.gif",
                  "data/generated/grid.png", "data/generated/interpolation.png"):
@@ -95,7 +95,7 @@ def test_mlflow_run_holds_params_curves_images_and_model(pipeline: SimpleNamespa
     assert (clone / "mlruns").is_dir()
     models = client.search_logged_models(experiment_ids=[mlrun.info.experiment_id])
     assert any(m.source_run_id == run_id and m.name == "generator" for m in models)
-    # Registered; evaluate set the best alias (test_experiments checks which run holds it).
+    # Registered; the track stage set the best alias (test_experiments checks which run).
     [version] = client.search_model_versions(f"name = 'dcgan-generator' and run_id = '{run_id}'")
     assert version.tags["dataset"] == "mnist-5k"
     assert client.get_model_version_by_alias("dcgan-generator", "best-mnist-5k").version
@@ -108,13 +108,14 @@ def test_second_repro_runs_nothing(clone: Path, first_repro: str) -> None:
 
 @pytest.mark.slow
 def test_generate_param_reruns_only_generate_and_evaluate(clone: Path, first_repro: str) -> None:
-    assert rerun_after(clone, "generate", "num_samples", 80) == {"generate", "evaluate"}
+    assert rerun_after(clone, "generate", "num_samples", 80) == {"generate", "evaluate",
+                                                                 "track"}
     assert np.load(clone / "data/generated/samples.npy").shape[0] == 80
 
 
 @pytest.mark.slow
 def test_probe_param_reruns_only_the_probe(clone: Path, first_repro: str) -> None:
-    assert rerun_after(clone, "probe", "seed", 1) == {"probe"}
+    assert rerun_after(clone, "probe", "seed", 1) == {"probe", "track"}
 
 
 @pytest.mark.slow
@@ -129,3 +130,49 @@ def test_bad_param_stops_with_one_line(clone: Path, first_repro: str) -> None:
     assert proc.stderr.strip().splitlines() == [
         f"error: {bad}: train.lr = -1 is invalid: must be greater than 0"]
     assert not (clone / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_code_edit_reruns_only_the_stages_that_import_it(clone: Path, first_repro: str) -> None:
+    run(["dvc", "repro"], clone)
+    edited = {}
+    try:
+        for name in ("src/dcgan/tools/compare.py", "README.md", "src/dcgan/evaluation/metrics.py"):
+            edited[name] = (clone / name).read_text()
+            (clone / name).write_text(edited[name] + "# an edit\n")
+            status = run(["dvc", "status"], clone).stdout
+            print(f"after editing {name}:\n{status}")
+            changed = {line.rstrip(":") for line in status.splitlines()
+                       if line and not line.startswith((" ", "\t"))}
+            if name.endswith("metrics.py"):
+                assert changed == {"train", "evaluate"}, status
+            else:
+                assert status.strip() == "Data and pipelines are up to date.", status
+    finally:
+        for name, text in edited.items():
+            (clone / name).write_text(text)
+    assert run(["dvc", "status"], clone).stdout.strip() == "Data and pipelines are up to date."
+
+
+@pytest.mark.slow
+def test_sync_in_a_clone_with_an_empty_store_shows_every_output(
+        pipeline: SimpleNamespace, tmp_path: Path) -> None:
+    """A fresh clone: DVC skips what git already holds, and `dcgan sync` makes the run."""
+    clone = tmp_path / "clone"
+    copy_workspace(pipeline.path, clone, mlflow_store=False)
+    run(["git", "init", "-q"], clone)
+    commit_all(clone, "outputs")
+    assert ran_stages(run(["dvc", "repro"], clone).stdout) == set()
+    run(["dcgan", "sync"], clone)
+    again = json.loads(run(["dcgan", "sync"], clone).stdout.strip().splitlines()[-1])
+    assert again["logged"] == 0 and again["created"] is False
+    table = run(["dcgan", "compare"], clone).stdout
+    header = table.splitlines()[1]
+    for column in ("frechet_distance", "kid", "probe_accuracy"):
+        assert column in header, table
+    uri = f"sqlite:///{clone / 'mlflow.db'}"
+    code = (f"import mlflow; mlflow.set_tracking_uri({uri!r}); "
+            "g = mlflow.keras.load_model('models:/dcgan-generator@best-mnist-5k'); "
+            "print(g.output_shape)")
+    assert run([sys.executable, "-c", code], clone).stdout.strip().endswith("(None, 16, 16, 1)")
+    assert run(["git", "status", "--porcelain"], clone).stdout == ""

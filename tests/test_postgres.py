@@ -35,7 +35,7 @@ def served(head_start: SimpleNamespace) -> Iterator[SimpleNamespace]:
         pytest.skip(postgres_server.unavailable())
     tracked = head_start.served.result()
     try:
-        assert ran_stages(tracked.repro) == {"train", "generate", "evaluate", "probe"}, \
+        assert ran_stages(tracked.repro) == {"train", "generate", "evaluate", "probe", "track"}, \
             tracked.repro
         client = MlflowClient(tracked.url)
         [mlrun] = client.search_runs([client.get_experiment_by_name("dcgan").experiment_id])

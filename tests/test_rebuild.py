@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from test_training import use_scratch_store
 
-from dcgan import rebuild, tracking
-from dcgan.cli import main
-from dcgan.errors import UserError
+from dcgan.core.errors import UserError
+from dcgan.tools import rebuild
+from dcgan.tools.cli import main
+from dcgan.tracking.runlog import RunLog
 
 PARAMS = {"train.lr": "0.0005", "train.beta1": "0.5", "fetch.folder": "null",
           "fetch.dataset": "mnist-5k"}
@@ -60,10 +61,9 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 def test_cli_prints_the_commands_of_a_logged_run(store: str, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture) -> None:
     tags = {"git_commit": "b" * 40, "data_md5": "c" * 32}
-    with tracking.start_run({"train.lr": 0.0002, "train.beta1": None}, tags,
-                            "paper-x") as run_id:
-        tracking.write_run_file(tmp_path / "run.json", "e" * 32)
-    main(["rebuild", run_id[:8]])
+    with RunLog.open({"train.lr": 0.0002, "train.beta1": None}, tags, "paper-x") as log:
+        log.tags({"generator_md5": "e" * 32})
+    main(["rebuild", log.run_id[:8]])
     out = capsys.readouterr().out
     assert f"git checkout -q {'b' * 40}" in out
     assert "-S train.beta1=null" in out and "-S train.lr=0.0002" in out
@@ -76,7 +76,7 @@ def test_cli_prints_the_commands_of_a_logged_run(store: str, tmp_path: Path,
 ])
 def test_cli_errors_are_one_line(store: str, prefix: str, message: str,
                                  capsys: pytest.CaptureFixture) -> None:
-    with tracking.start_run({}, {}):
+    with RunLog.open({}, {}):
         pass
     capsys.readouterr()  # MLflow's store set-up notes
     with pytest.raises(SystemExit) as exit_info:

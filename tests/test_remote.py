@@ -19,8 +19,10 @@ from types import SimpleNamespace
 import pytest
 import yaml
 from dvc_repo import commit_all, copy_workspace, ran_stages, run
+from mlflow.tracking import MlflowClient
 
-STAGES = {"fetch", "preprocess", "classifier", "train", "generate", "evaluate", "probe"}
+STAGES = {"fetch", "preprocess", "classifier", "train", "generate", "evaluate", "probe",
+          "track"}
 
 
 def _md5(path: Path) -> str:
@@ -90,10 +92,12 @@ def round_trip(pipeline: SimpleNamespace,
     cloud = run(["dvc", "status", "--cloud"], fresh)
     mtimes = _files(fresh, outs)
     repro = run(["dvc", "repro"], fresh)
+    no_store = not (fresh / "mlflow.db").exists()
+    sync = run(["dcgan", "sync"], fresh)
     return SimpleNamespace(origin=origin, storage=storage, fresh=fresh, outs=outs,
                            pushes=pushes, pull=pull, status=status, cloud=cloud, repro=repro,
                            mtimes=mtimes, missing_before=missing_before,
-                           remote_commit=remote_commit)
+                           remote_commit=remote_commit, no_store=no_store, sync=sync)
 
 
 @pytest.mark.slow
@@ -152,10 +156,31 @@ def test_pulled_clone_reruns_no_stage(round_trip: SimpleNamespace) -> None:
     assert sorted(skipped) == sorted(f"Stage '{stage}' didn't change, skipping"
                                      for stage in STAGES)
     assert last == "Data and pipelines are up to date."
-    # No stage touched a file, and none opened MLflow (train, evaluate and probe would
-    # create the clone's store, which git does not carry).
+    # No stage touched a file, and none opened MLflow (train and track would create the
+    # clone's store, which git does not carry).
     assert _files(rt.fresh, rt.outs) == rt.mtimes
-    assert not (rt.fresh / "mlflow.db").exists()
+    assert rt.no_store
+    assert run(["git", "status", "--porcelain"], rt.fresh).stdout == ""
+
+
+@pytest.mark.slow
+def test_sync_gives_the_pulled_clone_its_run_model_and_alias(round_trip: SimpleNamespace) -> None:
+    rt = round_trip
+    result = json.loads(rt.sync.stdout.strip().splitlines()[-1])
+    assert result["created"] is True and result["best_version"] == result["version"] == 1
+    client = MlflowClient(f"sqlite:///{rt.fresh / 'mlflow.db'}")
+    run_ = client.get_run(result["run_id"])
+    metrics = json.loads((rt.fresh / "data/metrics.json").read_text())
+    probe = json.loads((rt.fresh / "data/probe.json").read_text())
+    assert run_.data.metrics["frechet_distance"] == metrics["frechet_distance"]
+    assert run_.data.metrics["kid"] == metrics["kid"]
+    assert run_.data.metrics["probe_accuracy"] == probe["probe_accuracy"]
+    epochs = len((rt.fresh / "data/train/history.csv").read_text().splitlines()) - 1
+    assert len(client.get_metric_history(result["run_id"], "d_loss")) == epochs
+    assert run_.data.tags["generator_md5"] == _md5(rt.fresh / "models/generator.keras")
+    table = run(["dcgan", "compare"], rt.fresh).stdout
+    for column in ("frechet_distance", "kid", "probe_accuracy"):
+        assert column in table.splitlines()[1], table
     assert run(["git", "status", "--porcelain"], rt.fresh).stdout == ""
 
 

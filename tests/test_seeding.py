@@ -8,7 +8,7 @@ import keras
 import pytest
 import tensorflow as tf
 
-from dcgan import seeding
+from dcgan.core import seeding
 
 AVX2 = "flags\t\t: fpu vme sse sse2 avx avx2 fma\n"
 SAPPHIRE_RAPIDS = "flags\t\t: fpu avx avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"

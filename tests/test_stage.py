@@ -1,6 +1,6 @@
-"""Unit tests of dcgan.stage.stage_main: how any stage (and the `dcgan` command) ends on
+"""Unit tests of dcgan.core.stage.stage_main: how any stage (and the `dcgan` command) ends on
 an error, in this process and, for a stage run as a program, under the watchdog parent
-(dcgan.watchdog) that reports a kill by the out-of-memory killer. Run with
+(dcgan.core.watchdog) that reports a kill by the out-of-memory killer. Run with
 `pytest tests/test_stage.py -q` (a few seconds; `-s` prints the watchdog's lines).
 """
 
@@ -22,9 +22,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from dcgan.errors import UserError
-from dcgan.stage import stage_main
-from dcgan.watchdog import CHILD_ENV, killed_line, memory_total
+from dcgan.core.errors import UserError
+from dcgan.core.stage import stage_main
+from dcgan.core.watchdog import CHILD_ENV, killed_line, memory_total
 
 STAGES = Path(__file__).resolve().parents[1] / "stages"
 
@@ -95,8 +95,8 @@ def test_tensorflows_device_oom_ends_in_one_line(capsys: pytest.CaptureFixture,
 # its main().
 
 SCRIPT = """import json, os, resource, signal, sys, time
-from dcgan.errors import UserError
-from dcgan.stage import stage_main
+from dcgan.core.errors import UserError
+from dcgan.core.stage import stage_main
 
 def main():
 {body}

@@ -1,16 +1,17 @@
-"""Unit tests of dcgan.tracking against real MLflow SQLite stores in temporary directories.
+"""Unit tests of dcgan.tracking (store, runlog, runfile, queries, registry) against real
+MLflow SQLite stores in temporary directories.
 
 Run with `pytest tests/test_tracking.py -q`. Covers where the store lives
-(MLFLOW_TRACKING_URI > DVC_ROOT > cwd), that importing the module writes nothing,
-the start_run/resume_run round trip, FAILED runs, metric logging, run names and source
-tags, failing fast on an unreachable server, concurrent set-up of a new store, the
-registered generator and the `best-<dataset>` alias.
+(MLFLOW_TRACKING_URI > DVC_ROOT > cwd), that importing the package writes nothing,
+opening and reopening runs, FAILED runs, metric logging, the run file, finding a
+generator's run, run names and source tags, failing fast on an unreachable server,
+concurrent set-up of a new store, the registered generator and the `best-<dataset>` alias.
+The sync step that uses them is tested in test_sync.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import subprocess
@@ -24,8 +25,12 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dcgan import tracking
-from dcgan.errors import UserError
+from dcgan.core.errors import UserError
+from dcgan.tracking import registry
+from dcgan.tracking.queries import runs_of_generator
+from dcgan.tracking.runfile import RunRecord, read_run_file, write_run_file
+from dcgan.tracking.runlog import RunLog, flatten_metrics, run_name, source_tags
+from dcgan.tracking.store import EXPERIMENT, check_store, repo_root, tracking_uri
 
 
 @pytest.fixture(autouse=True)
@@ -64,25 +69,25 @@ def test_tracking_uri_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     cwd = tmp_path / "work"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    assert tracking.tracking_uri() == f"sqlite:///{cwd.resolve() / 'mlflow.db'}"
-    assert tracking.repo_root() == cwd.resolve()
+    assert tracking_uri() == f"sqlite:///{cwd.resolve() / 'mlflow.db'}"
+    assert repo_root() == cwd.resolve()
 
     root = tmp_path / "repo"
     monkeypatch.setenv("DVC_ROOT", str(root))
-    assert tracking.tracking_uri() == f"sqlite:///{root.resolve() / 'mlflow.db'}"
-    assert tracking.repo_root() == root.resolve()
+    assert tracking_uri() == f"sqlite:///{root.resolve() / 'mlflow.db'}"
+    assert repo_root() == root.resolve()
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
-    assert tracking.tracking_uri() == "http://127.0.0.1:5999"
+    assert tracking_uri() == "http://127.0.0.1:5999"
 
     monkeypatch.setenv("DVC_ROOT", "")  # empty counts as unset
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    assert tracking.tracking_uri() == f"sqlite:///{cwd.resolve() / 'mlflow.db'}"
+    assert tracking_uri() == f"sqlite:///{cwd.resolve() / 'mlflow.db'}"
 
 
 def test_import_has_no_side_effects(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    code = ("import os, mlflow, dcgan.tracking\n"
+    code = ("import os, mlflow, dcgan.tracking.sync\n"
             "assert not mlflow.is_tracking_uri_set(), 'URI set at import'\n"
             "assert 'MLFLOW_TRACKING_URI' not in os.environ\n"
             "print('imported')\n")
@@ -102,9 +107,9 @@ def _run_in_temp_copy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[
     monkeypatch.setenv("DVC_ROOT", str(root))
     monkeypatch.chdir(temp_copy)
     (temp_copy / "note.txt").write_text("hello")
-    with tracking.start_run({"x": 1}, {}) as run_id:
-        tracking.log_artifacts([temp_copy / "note.txt"], "stage")
-    return root, temp_copy, run_id
+    with RunLog.open({"x": 1}, {}) as log:
+        log.artifacts([temp_copy / "note.txt"], "stage")
+    return root, temp_copy, log.run_id
 
 
 def test_default_store_lives_at_dvc_root(monkeypatch: pytest.MonkeyPatch,
@@ -119,7 +124,7 @@ def test_default_store_lives_at_dvc_root(monkeypatch: pytest.MonkeyPatch,
 def test_default_store_keeps_artifacts_at_dvc_root(monkeypatch: pytest.MonkeyPatch,
                                                    tmp_path: Path) -> None:
     root, temp_copy, run_id = _run_in_temp_copy(monkeypatch, tmp_path)
-    experiment = mlflow.get_experiment_by_name(tracking.EXPERIMENT)
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     assert experiment.artifact_location == (root.resolve() / "mlruns" / "dcgan").as_uri()
     assert mlflow.get_run(run_id).info.artifact_uri.startswith(experiment.artifact_location)
     copied = list((root / "mlruns").rglob("note.txt"))
@@ -130,9 +135,9 @@ def test_default_store_keeps_artifacts_at_dvc_root(monkeypatch: pytest.MonkeyPat
 def test_experiment_name_from_env(store: str, monkeypatch: pytest.MonkeyPatch,
                                   tmp_path: Path) -> None:
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "other")
-    with tracking.start_run({}, {}) as run_id:
+    with RunLog.open({}, {}) as log:
         pass
-    experiment_id = MlflowClient(store).get_run(run_id).info.experiment_id
+    experiment_id = MlflowClient(store).get_run(log.run_id).info.experiment_id
     assert MlflowClient(store).get_experiment(experiment_id).name == "other"
 
 
@@ -142,171 +147,160 @@ def test_experiment_name_from_env(store: str, monkeypatch: pytest.MonkeyPatch,
 MD5 = "0123456789abcdef0123456789abcdef"
 
 
-def test_start_and_resume_round_trip(store: str, tmp_path: Path) -> None:
-    run_file = tmp_path / "out" / "run.json"
+def test_open_and_reopen_round_trip(store: str, tmp_path: Path) -> None:
     params = {"train.lr": 0.0002, "train.epochs": 2, "fetch.folder": None}
-    with tracking.start_run(params, {"arch": "paper"}, "paper-run") as run_id:
-        assert mlflow.active_run().info.run_id == run_id
-        tracking.write_run_file(run_file, MD5)
-    assert json.loads(run_file.read_text()) == {"generator_md5": MD5}
-    assert mlflow.active_run() is None
-
+    with RunLog.open(params, {"arch": "paper"}, "paper-run") as log:
+        assert mlflow.active_run() is None  # no global run: the log holds its own
+        log.tags({"generator_md5": MD5})
     client = MlflowClient(store)
-    run = client.get_run(run_id)
+    run = client.get_run(log.run_id)
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "paper-run"
     assert run.data.params == {"train.lr": "0.0002", "train.epochs": "2",
                                "fetch.folder": "null"}
     assert run.data.tags["arch"] == "paper" and run.data.tags["generator_md5"] == MD5
     experiment = client.get_experiment(run.info.experiment_id)
-    assert experiment.name == tracking.EXPERIMENT
+    assert experiment.name == EXPERIMENT
 
     n_runs = len(client.search_runs([run.info.experiment_id]))
-    with tracking.resume_run(run_file) as resumed:
-        assert resumed == run_id == mlflow.active_run().info.run_id
-        tracking.tag_params({"generate.seed": 123, "generate.extra": None})
-        tracking.log_metrics({"fid": 1.5})
-    run = client.get_run(run_id)
-    assert run.info.status == "FINISHED"
+    [found] = runs_of_generator(MD5)
+    with RunLog.open(params, {}, resume=found.info.run_id) as again:
+        again.tags({"generate.seed": 123, "generate.extra": None})
+        assert again.metrics({"fid": 1.5}) == 1
+        assert again.metrics({"fid": 1.5}) == 0  # the same value again: nothing to log
+    run = client.get_run(log.run_id)
+    assert again.run_id == log.run_id and run.info.status == "FINISHED"
     assert run.data.tags["generate.seed"] == "123"
     assert run.data.tags["generate.extra"] == "null"
     assert run.data.metrics == {"fid": 1.5}
+    assert len(client.get_metric_history(log.run_id, "fid")) == 1
     assert len(client.search_runs([run.info.experiment_id])) == n_runs  # reopened, not new
 
 
-def test_second_start_run_reuses_the_experiment(store: str, tmp_path: Path) -> None:
-    with tracking.start_run({}, {}) as first:
+def test_second_open_reuses_the_experiment(store: str, tmp_path: Path) -> None:
+    with RunLog.open({}, {}) as first:
         pass
-    with tracking.start_run({}, {}) as second:
+    with RunLog.open({}, {}) as second:
         pass
     client = MlflowClient(store)
-    assert first != second
-    assert client.get_run(first).info.experiment_id == client.get_run(second).info.experiment_id
+    assert first.run_id != second.run_id
+    assert (client.get_run(first.run_id).info.experiment_id ==
+            client.get_run(second.run_id).info.experiment_id)
 
 
 def test_run_that_raises_ends_failed(store: str) -> None:
-    with pytest.raises(RuntimeError, match="boom"), tracking.start_run({"a": 1}, {}) as run_id:
+    with pytest.raises(RuntimeError, match="boom"), RunLog.open({"a": 1}, {}) as log:
         raise RuntimeError("boom")
-    assert MlflowClient(store).get_run(run_id).info.status == "FAILED"
-    assert mlflow.active_run() is None
+    assert MlflowClient(store).get_run(log.run_id).info.status == "FAILED"
 
 
 def test_reopened_run_skips_steps_it_has(store: str) -> None:
     """A training resumed after a kill repeats its last epoch: logged once, none missing."""
     image = np.zeros((4, 4), np.uint8)
-    with pytest.raises(RuntimeError), tracking.start_run({"a": 1}, {}) as run_id:
-        tracking.log_metrics({"loss": 1.0, "fd": 5.0}, step=1)
-        tracking.log_image(image, "grid", step=1)
-        tracking.log_metrics({"loss": 2.0}, step=2)  # killed before fd and the grid of 2
+    with pytest.raises(RuntimeError), RunLog.open({"a": 1}, {}) as log:
+        log.metrics({"loss": 1.0, "fd": 5.0}, step=1)
+        log.image(image, "grid", step=1)
+        log.metrics({"loss": 2.0}, step=2)  # killed before fd and the grid of 2
         raise RuntimeError("killed")
-    client = MlflowClient(store)
+    run_id, client = log.run_id, MlflowClient(store)
     experiment = client.get_run(run_id).info.experiment_id
     n_runs = len(client.search_runs([experiment]))
-    with tracking.start_run({"a": 1}, {}, resume=run_id) as again:
-        assert again == run_id
+    with RunLog.open({"a": 1}, {}, resume=run_id) as again:
+        assert again.run_id == run_id
         for step in (2, 3):  # the resumed training repeats epoch 2
-            tracking.log_metrics({"loss": float(step), "fd": 5.0 + step}, step=step)
-            tracking.log_image(image, "grid", step=step)
+            again.metrics({"loss": float(step), "fd": 5.0 + step}, step=step)
+            again.image(image, "grid", step=step)
     assert client.get_run(run_id).info.status == "FINISHED"
     assert len(client.search_runs([experiment])) == n_runs  # reopened, not new
     for key in ("loss", "fd"):
         assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [1, 2, 3], key
     pngs = [a.path for a in client.list_artifacts(run_id, "images") if a.path.endswith(".png")]
     assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in pngs) == [1, 2, 3]
-    with tracking.start_run({}, {}) as fresh:  # a new run is not filtered
-        tracking.log_metrics({"loss": 1.0}, step=1)
-    assert len(client.get_metric_history(fresh, "loss")) == 1
+    with RunLog.open({}, {}) as fresh:  # a new run is not filtered
+        fresh.metrics({"loss": 1.0}, step=1)
+    assert len(client.get_metric_history(fresh.run_id, "loss")) == 1
 
 
 def test_resume_of_a_run_not_in_the_store_starts_a_new_one(store: str) -> None:
-    with tracking.start_run({}, {}, resume=MD5) as run_id:
+    with RunLog.open({}, {}, resume=MD5) as log:
         pass
-    assert run_id != MD5
-    assert MlflowClient(store).get_run(run_id).info.status == "FINISHED"
+    assert log.run_id != MD5
+    assert MlflowClient(store).get_run(log.run_id).info.status == "FINISHED"
 
 
-def test_resume_finds_the_newest_run_of_the_generator_preferring_the_experiment(
-        store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    run_file = tmp_path / "run.json"
+def test_runs_of_a_generator_newest_first_the_experiments_own_first(
+        store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    md5 = "a" * 32
     ids = {}
     for exp in ("exp-a", "exp-b", None):
         if exp:
             monkeypatch.setenv("DVC_EXP_NAME", exp)
         else:
             monkeypatch.delenv("DVC_EXP_NAME")
-        with tracking.start_run({}, {}) as ids[exp]:
-            tracking.write_run_file(run_file, MD5)
-    with tracking.start_run({}, {}):
-        tracking.write_run_file(tmp_path / "other.json", "f" * 32)  # another generator
-    with tracking.resume_run(run_file) as run_id:
-        assert run_id == ids[None]  # newest, outside any experiment
+        with RunLog.open({}, {"generator_md5": md5}) as log:
+            ids[exp] = log.run_id
+    with RunLog.open({}, {"generator_md5": "f" * 32}):  # another generator
+        pass
+    assert [r.info.run_id for r in runs_of_generator(md5)] == [ids[None], ids["exp-b"],
+                                                                ids["exp-a"]]
     monkeypatch.setenv("DVC_EXP_NAME", "exp-a")
-    with tracking.resume_run(run_file) as run_id:
-        assert run_id == ids["exp-a"]
+    assert runs_of_generator(md5)[0].info.run_id == ids["exp-a"]
     monkeypatch.setenv("DVC_EXP_NAME", "exp-c")  # none of its own: the newest
-    with tracking.resume_run(run_file) as run_id:
-        assert run_id == ids[None]
+    assert runs_of_generator(md5)[0].info.run_id == ids[None]
+    assert runs_of_generator("e" * 32) == []
 
 
-def test_resume_missing_file(store: str, tmp_path: Path) -> None:
-    missing = tmp_path / "missing.json"
-    with pytest.raises(UserError, match="no generator hash to find its MLflow run by; run the "
-                       "train stage first"), tracking.resume_run(missing):
-        pass
+def test_run_file_round_trip(tmp_path: Path) -> None:
+    record = RunRecord(MD5, {"train.lr": 0.0002, "fetch.folder": None}, {"arch": "paper"})
+    write_run_file(tmp_path / "out" / "run.json", record)
+    assert read_run_file(tmp_path / "out" / "run.json") == record
 
 
-@pytest.mark.parametrize("text", ["", "not json", '{"id": "x"}', "null\n",
-                                  '{"generator_md5": "x\' or 1=1"}'])
-def test_resume_unreadable_file(store: str, tmp_path: Path, text: str) -> None:
+@pytest.mark.parametrize("text", [None, "", "not json", '{"id": "x"}', "null\n",
+                                  '{"generator_md5": "x\' or 1=1", "params": {}, "tags": {}}',
+                                  '{"generator_md5": "' + MD5 + '"}'])
+def test_broken_run_file_is_one_line(tmp_path: Path, text: str | None) -> None:
     run_file = tmp_path / "run.json"
-    run_file.write_text(text)
-    with pytest.raises(UserError, match="no generator hash"), tracking.resume_run(run_file):
-        pass
+    if text is not None:
+        run_file.write_text(text)
+    with pytest.raises(UserError, match=r"run.json: not a run file of the train stage .*; run "
+                       r"the train stage first \(`dvc repro train`\)$"):
+        read_run_file(run_file)
 
 
-def test_resume_unknown_generator(store: str, tmp_path: Path) -> None:
-    run_file = tmp_path / "run.json"
-    unknown = "e" * 32  # the shared store has runs of MD5
-    run_file.write_text(json.dumps({"generator_md5": unknown}))
-    with pytest.raises(UserError) as info, tracking.resume_run(run_file):
-        pass
-    message = str(info.value)
-    assert f"no run in the MLflow store {store} trained this generator (md5 {unknown})" in message
-    assert "dvc repro -f train" in message
-    assert mlflow.active_run() is None
-
-
-def test_log_metrics_skips_non_numbers(store: str, tmp_path: Path) -> None:
-    with tracking.start_run({}, {}) as run_id:
-        tracking.log_metrics({"a": 1, "b": None, "c": 2.5, "d": "text"}, step=3)
-        tracking.log_metrics({"a": 4}, step=4)
+def test_metrics_skip_non_numbers(store: str, tmp_path: Path) -> None:
+    with RunLog.open({}, {}) as log:
+        log.metrics({"a": 1, "b": None, "c": 2.5, "d": "text"}, step=3)
+        log.metrics({"a": 4}, step=4)
     client = MlflowClient(store)
-    assert client.get_run(run_id).data.metrics == {"a": 4.0, "c": 2.5}
-    history = client.get_metric_history(run_id, "a")
+    assert client.get_run(log.run_id).data.metrics == {"a": 4.0, "c": 2.5}
+    history = client.get_metric_history(log.run_id, "a")
     assert [(m.step, m.value) for m in history] == [(3, 1.0), (4, 4.0)]
-    assert client.get_metric_history(run_id, "b") == []
+    assert client.get_metric_history(log.run_id, "b") == []
 
 
-def test_log_artifacts_files_and_dirs(store: str, tmp_path: Path) -> None:
-    (tmp_path / "grids").mkdir()
-    (tmp_path / "grids" / "epoch_0001.png").write_bytes(b"png")
+def test_artifacts_copied_once_unless_changed(store: str, tmp_path: Path) -> None:
+    (tmp_path / "grid.png").write_bytes(b"png")
     (tmp_path / "history.csv").write_text("epoch\n1\n")
-    with tracking.start_run({}, {}) as run_id:
-        tracking.log_artifacts([tmp_path / "history.csv", tmp_path / "grids"], "train")
+    with RunLog.open({}, {}) as log:
+        assert log.artifacts([tmp_path / "history.csv", tmp_path / "grid.png"], "train") == 2
+        assert log.artifacts([tmp_path / "history.csv", tmp_path / "grid.png"], "train") == 0
+        (tmp_path / "history.csv").write_text("epoch\n1\n2\n")
+        assert log.artifacts([tmp_path / "history.csv"], "train") == 1
     client = MlflowClient(store)
-    top = {a.path for a in client.list_artifacts(run_id, "train")}
-    assert top == {"train/history.csv", "train/grids"}
-    assert [a.path for a in client.list_artifacts(run_id, "train/grids")] == [
-        "train/grids/epoch_0001.png"]
+    top = {a.path for a in client.list_artifacts(log.run_id, "train")}
+    assert top == {"train/history.csv", "train/grid.png"}
+    held = Path(client.download_artifacts(log.run_id, "train/history.csv", str(tmp_path / "d")))
+    assert held.read_text() == "epoch\n1\n2\n"
 
 
 def test_nested_metrics_are_logged_with_dotted_names(store: str, tmp_path: Path) -> None:
     nested = {"fd": 3, "floor": {"fd": 1.5, "modes": None}, "probe": {"100": {"d": 0.9}},
               "flag": True}
-    assert tracking.flatten_metrics(nested) == {"fd": 3.0, "floor.fd": 1.5, "probe.100.d": 0.9}
-    with tracking.start_run({}, {}) as run_id:
-        tracking.log_metrics(nested)
-    metrics = MlflowClient(store).get_run(run_id).data.metrics
+    assert flatten_metrics(nested) == {"fd": 3.0, "floor.fd": 1.5, "probe.100.d": 0.9}
+    with RunLog.open({}, {}) as log:
+        log.metrics(nested)
+    metrics = MlflowClient(store).get_run(log.run_id).data.metrics
     assert metrics == {"fd": 3.0, "floor.fd": 1.5, "probe.100.d": 0.9}
 
 
@@ -317,9 +311,9 @@ def test_run_named_after_the_dvc_experiment(store: str, monkeypatch: pytest.Monk
                                             tmp_path: Path) -> None:
     monkeypatch.setenv("DVC_EXP_NAME", "tidy-lamb")
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
-    with tracking.start_run({}, {"dataset": "x"}, "paper-x") as run_id:
+    with RunLog.open({}, {"dataset": "x"}, "paper-x") as log:
         pass
-    run = MlflowClient(store).get_run(run_id)
+    run = MlflowClient(store).get_run(log.run_id)
     assert run.info.run_name == "tidy-lamb"
     assert run.data.tags["dvc_exp_name"] == "tidy-lamb"
     assert run.data.tags["git_commit"] == "a" * 40
@@ -337,17 +331,17 @@ def test_run_outside_an_experiment_named_by_default_and_commit(
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
                           text=True, check=True).stdout.strip()
     monkeypatch.chdir(repo)
-    with tracking.start_run({}, {}, "paper-mnist") as run_id:
+    with RunLog.open({}, {}, "paper-mnist") as log:
         pass
-    run = MlflowClient(store).get_run(run_id)
+    run = MlflowClient(store).get_run(log.run_id)
     assert run.info.run_name == f"paper-mnist@{head[:7]}"
     assert run.data.tags["git_commit"] == head
     assert "dvc_exp_name" not in run.data.tags
 
 
 def test_source_tags_without_git(tmp_path: Path) -> None:
-    assert tracking.source_tags() == {}  # the cwd is a scratch directory, not a repo
-    assert tracking.run_name("paper", {}) == "paper"
+    assert source_tags() == {}  # the cwd is a scratch directory, not a repo
+    assert run_name("paper", {}) == "paper"
 
 
 # ---------------------------------------------------------------- failing fast
@@ -361,14 +355,14 @@ def test_unreachable_server_fails_fast(monkeypatch: pytest.MonkeyPatch, tmp_path
     start = time.monotonic()
     unreachable = rf"MLflow tracking server http://127.0.0.1:{port} \(\w+\) is unreachable"
     with pytest.raises(UserError, match=unreachable), \
-            tracking.start_run({}, {}):
+            RunLog.open({}, {}):
         pass
     assert time.monotonic() - start < 10
 
 
 def test_answering_server_passes_the_check(monkeypatch: pytest.MonkeyPatch, http_server) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", http_server.url.rstrip("/"))
-    tracking.check_store()  # a 404 still proves something answers
+    check_store()  # a 404 still proves something answers
     # An API call, which a server's host check guards, unlike /health.
     assert http_server.hits == ["/api/2.0/mlflow/experiments/search?max_results=1"]
 
@@ -377,8 +371,8 @@ def test_new_store_set_up_by_two_processes_at_once(tmp_path: Path) -> None:
     """Two queued experiments starting together on a repo with no mlflow.db yet."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["DVC_ROOT"] = str(tmp_path)
-    code = ("import sys\nfrom pathlib import Path\nfrom dcgan import tracking\n"
-            "with tracking.start_run({'i': sys.argv[1]}, {}):\n"
+    code = ("import sys\nfrom dcgan.tracking.runlog import RunLog\n"
+            "with RunLog.open({'i': sys.argv[1]}, {}):\n"
             "    pass\n")
     procs = [subprocess.Popen([sys.executable, "-c", code, f"run{i}.json"], cwd=tmp_path,
                               env=env, stderr=subprocess.PIPE, text=True) for i in range(3)]
@@ -399,19 +393,18 @@ def _tiny_generator() -> keras.Model:
 
 def _registered_run(tmp_path: Path, dataset: str, fd: float | None, fail: bool = False) -> str:
     """A run with a registered generator and, after it closes, a Fréchet distance."""
-    with contextlib.suppress(RuntimeError), \
-            tracking.start_run({}, {"dataset": dataset}) as run_id:
-        tracking.log_generator(_tiny_generator(), {"dataset": dataset})
+    with contextlib.suppress(RuntimeError), RunLog.open({}, {"dataset": dataset}) as log:
+        registry.log_generator(log.run_id, _tiny_generator(), {"dataset": dataset})
         if fd is not None:
-            tracking.log_metrics({"frechet_distance": fd})
+            log.metrics({"frechet_distance": fd})
         if fail:
             raise RuntimeError("diverged")
-    return run_id
+    return log.run_id
 
 
 def _alias_run(store: str, dataset: str) -> str:
     client = MlflowClient(store)
-    version = client.get_model_version_by_alias(tracking.REGISTERED_MODEL, f"best-{dataset}")
+    version = client.get_model_version_by_alias(registry.REGISTERED_MODEL, f"best-{dataset}")
     return version.run_id
 
 
@@ -419,10 +412,12 @@ def test_generator_registered_with_signature_and_input_example(store: str,
                                                                tmp_path: Path) -> None:
     run_id = _registered_run(tmp_path, "sig", 1.0)
     client = MlflowClient(store)
+    assert registry.versions_of(run_id) == [int(client.search_model_versions(
+        f"name = '{registry.REGISTERED_MODEL}' and run_id = '{run_id}'")[0].version)]
     [version] = client.search_model_versions(
-        f"name = '{tracking.REGISTERED_MODEL}' and run_id = '{run_id}'")
+        f"name = '{registry.REGISTERED_MODEL}' and run_id = '{run_id}'")
     assert version.tags == {"dataset": "sig"}
-    uri = f"models:/{tracking.REGISTERED_MODEL}/{version.version}"
+    uri = f"models:/{registry.REGISTERED_MODEL}/{version.version}"
     info = mlflow.models.get_model_info(uri)
     assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 4)
     example = mlflow.models.Model.load(uri).load_input_example()
@@ -433,17 +428,17 @@ def test_generator_registered_with_signature_and_input_example(store: str,
 
 def test_best_alias_moves_to_the_lowest_frechet_distance(store: str, tmp_path: Path) -> None:
     worse = _registered_run(tmp_path, "digits", 5.0)
-    assert tracking.promote_best(worse) is not None and _alias_run(store, "digits") == worse
+    assert registry.promote_best(worse) is not None and _alias_run(store, "digits") == worse
     better = _registered_run(tmp_path, "digits", 3.0)
-    tracking.promote_best(better)
+    registry.promote_best(better)
     assert _alias_run(store, "digits") == better
     # Neither another dataset's better run, nor a failed one, nor one that was never
     # evaluated takes it.
     other = _registered_run(tmp_path, "faces", 1.0)
-    tracking.promote_best(other)
+    registry.promote_best(other)
     failed = _registered_run(tmp_path, "digits", 0.5, fail=True)
     unscored = _registered_run(tmp_path, "digits", None)
     for run_id in (failed, unscored, worse):
-        tracking.promote_best(run_id)
+        registry.promote_best(run_id)
         assert _alias_run(store, "digits") == better
     assert _alias_run(store, "faces") == other

@@ -1,4 +1,4 @@
-"""Unit tests of dcgan.training: `train()` end to end on a tiny processed dataset with a
+"""Unit tests of dcgan.training.train: `train()` end to end on a tiny processed dataset with a
 real MLflow SQLite store, plus its callbacks, input pipeline and checkpoint key.
 
 Run with `pytest tests/test_training.py -q`. The end-to-end run (64 images of 16x16x1,
@@ -7,7 +7,6 @@ Run with `pytest tests/test_training.py -q`. The end-to-end run (64 images of 16
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -25,14 +24,20 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from dcgan import data, imagestore, preprocessing, seeding
-from dcgan.batches import SeededBatches
-from dcgan.callbacks import GRID_ROWS, HistoryCSV, Throughput
-from dcgan.checkpoints import checkpoint_dir
-from dcgan.classifier import fit_classifier
-from dcgan.config import ClassifierConfig, PreprocessConfig, parse_params
-from dcgan.errors import UserError
-from dcgan.training import TrainOutputs, train
+from dcgan.core import seeding
+from dcgan.core.config import ClassifierConfig, PreprocessConfig, flatten, parse_params
+from dcgan.core.errors import UserError
+from dcgan.core.outputs import file_md5
+from dcgan.data import preprocessing
+from dcgan.dataset import imagestore
+from dcgan.dataset.batches import SeededBatches
+from dcgan.features.classifier import fit_classifier
+from dcgan.tracking.runfile import read_run_file
+from dcgan.tracking.sync import SyncPaths, sync
+from dcgan.training.checkpoints import checkpoint_dir
+from dcgan.training.commit import GRID_ROWS, EpochCommit, EpochRecord, history_row, write_row
+from dcgan.training.guards import CollapseWatch
+from dcgan.training.train import TrainOutputs, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -113,10 +118,17 @@ def test_train_returns_last_logs_and_run_id(trained) -> None:
     result = trained.result
     assert set(result) == METRICS | {"run_id", "weights_sha256"}
     assert all(np.isfinite(result[k]) for k in METRICS)
-    # generate and evaluate find the run by the generator's hash, which its tag holds
-    md5 = data.file_md5(trained.out.generator)
-    assert json.loads(trained.out.run_file.read_text()) == {"generator_md5": md5}
-    assert trained.client.get_run(result["run_id"]).data.tags["generator_md5"] == md5
+    # the sync step finds the run by the generator's hash, which its tag holds, and the run
+    # file holds all it needs to make the run afresh in another store
+    md5 = file_md5(trained.out.generator)
+    record = read_run_file(trained.out.run_file)
+    run = trained.client.get_run(result["run_id"])
+    assert record.generator_md5 == run.data.tags["generator_md5"] == md5
+    assert record.params == flatten(trained.params, ("fetch", "preprocess", "train"))
+    assert run.data.params == {k: "null" if v is None else str(v)
+                               for k, v in record.params.items()}
+    assert record.tags == {k: run.data.tags[k] for k in record.tags}
+    assert {"dataset", "data_md5", "arch", "precision"} <= set(record.tags)
 
 
 def test_history_csv(trained) -> None:
@@ -180,16 +192,35 @@ def test_mlflow_run(trained) -> None:
     assert 0 < run.data.metrics["train_seconds"] < 600
 
 
-def test_generator_registered_with_the_run_tags(trained) -> None:
+@pytest.fixture(scope="module")
+def synced(trained: SimpleNamespace) -> dict:
+    """The sync step on the train outputs alone (no later stage, no dvc.lock)."""
+    root = trained.root
+    paths = SyncPaths(**{f: getattr(trained.out, f) for f in (
+        "run_file", "history", "quality", "grids", "gif", "generator", "discriminator")},
+        generated=root / "no-generated", metrics=root / "no-metrics.json",
+        probe=root / "no-probe.json", lock=root / "no-dvc.lock")
+    with pytest.MonkeyPatch.context() as mp:
+        use_scratch_store(mp, root)
+        return sync(paths)
+
+
+def test_train_logs_live_and_sync_completes_the_same_run(trained, synced) -> None:
+    assert synced["run_id"] == trained.result["run_id"] and synced["created"] is False
+    assert trained.client.get_run(synced["run_id"]).info.status == "FINISHED"
+
+
+def test_generator_registered_with_the_run_tags(trained, synced) -> None:
     [version] = trained.client.search_model_versions(
         f"name = 'dcgan-generator' and run_id = '{trained.result['run_id']}'")
     assert version.tags == {"dataset": "mnist-5k", "arch": "paper",
                             "data_md5": imagestore.dataset_md5(trained.data_file),
                             "precision": seeding.resolve_precision("auto"),
-                            "generator_md5": data.file_md5(trained.out.generator)}
+                            "generator_md5": file_md5(trained.out.generator),
+                            "distribution": "none", "replicas": "1", "workers": "1"}
 
 
-def test_mlflow_artifacts(trained) -> None:
+def test_mlflow_artifacts(trained, synced) -> None:
     client, run_id = trained.client, trained.result["run_id"]
     logged = {a.path for a in client.list_artifacts(run_id, "train")}
     assert logged == {"train/history.csv", "train/quality.csv", "train/progress.gif",
@@ -223,8 +254,8 @@ def test_quality_point_matches_an_independent_computation(trained) -> None:
     # same real subset, FD from scipy's sqrtm instead of the package's eigh route.
     from scipy.linalg import sqrtm
 
-    from dcgan.callbacks import QUALITY_SAMPLES
-    from dcgan.classifier import feature_extractor
+    from dcgan.features.classifier import feature_extractor
+    from dcgan.training.quality import QUALITY_SAMPLES
 
     test_x = imagestore.open_dataset(trained.data_file).test_x
     rng = np.random.default_rng([trained.params.train.seed, 1])
@@ -260,8 +291,8 @@ def test_quality_every_n_epochs_and_off(trained, tmp_path: Path) -> None:
 
 def test_classifier_for_other_images_is_rejected(tmp_path: Path) -> None:
     classifier = tmp_path / "models" / "classifier.keras"
-    from dcgan.classifier import build_classifier
-    from dcgan.model import save_model
+    from dcgan.features.classifier import build_classifier
+    from dcgan.nets.serialisation import save_model
 
     save_model(build_classifier((8, 8, 1), 10, 4), classifier)
     out, error = _train_in(tmp_path)
@@ -348,8 +379,8 @@ def test_train_is_reproducible(trained, tmp_path: Path) -> None:
         np.testing.assert_array_equal(a, b)
     # Every output, byte for byte: DVC records the same md5s.
     for name in ("generator", "discriminator", "history", "quality", "gif", "run_file"):
-        assert (data.file_md5(getattr(trained.out, name)) ==
-                data.file_md5(getattr(out, name))), name
+        assert (file_md5(getattr(trained.out, name)) ==
+                file_md5(getattr(out, name))), name
     assert ([p.read_bytes() for p in sorted(trained.out.grids.iterdir())] ==
             [p.read_bytes() for p in sorted(out.grids.iterdir())])
 
@@ -407,7 +438,7 @@ def test_resumed_run_continues_its_mlflow_run(resumed) -> None:
     client, run_id = resumed.client, resumed.after_crash.run_id
     assert len(client.search_runs(client.get_experiment_by_name("dcgan").experiment_id)) == 1
     assert client.get_run(run_id).info.status == "FINISHED"
-    assert data.file_md5(resumed.out.generator) in resumed.out.run_file.read_text()
+    assert file_md5(resumed.out.generator) in resumed.out.run_file.read_text()
     # Epoch 2 ran twice (crash, then resume) but is logged once; nothing is missing.
     for key in ("g_loss", "d_loss", "images_per_sec", "epoch_frechet_distance"):
         assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [1, 2], key
@@ -423,8 +454,8 @@ def test_resume_restores_without_skipped_variables(resumed) -> None:
 def test_resumed_run_matches_an_uninterrupted_one(trained, resumed) -> None:
     # Weights, Adam state, RNG states and data order all continue: the same bytes.
     for name in ("generator", "discriminator", "history", "quality", "gif"):
-        assert (data.file_md5(getattr(trained.out, name)) ==
-                data.file_md5(getattr(resumed.out, name))), name
+        assert (file_md5(getattr(trained.out, name)) ==
+                file_md5(getattr(resumed.out, name))), name
 
 
 # ---------------------------------------------------------------- parts
@@ -447,29 +478,67 @@ def test_checkpoint_dir_keys_on_train_params_and_data() -> None:
     assert checkpoint_dir(root, resolved, "a" * 32) == base
 
 
-def test_throughput_measures_images_per_second(monkeypatch: pytest.MonkeyPatch) -> None:
-    logged = []
-    monkeypatch.setattr("dcgan.tracking.log_metrics", lambda m, step: logged.append((m, step)))
-    callback = Throughput(images_per_epoch=100)
-    logs: dict = {}
-    callback.on_epoch_begin(0, logs)
+class _Recorder:
+    """A stand-in for each part of the commit, noting the order of the calls."""
+
+    def __init__(self, calls: list, name: str, check=None):
+        self.calls, self.name, self.check = calls, name, check
+
+    def __getattr__(self, hook: str):
+        def call(*args, **kwargs):
+            if self.check:
+                self.check(hook)
+            self.calls.append((self.name, hook))
+            return 3.14159265 if hook == "score" else None
+        return call
+
+
+def test_epoch_commit_order_grid_guard_history_quality_log_checkpoint(tmp_path: Path) -> None:
+    calls: list = []
+    progress = SimpleNamespace(history=tmp_path / "history.csv", quality=tmp_path / "q.csv",
+                               grids=tmp_path)
+
+    def grid_first(hook: str) -> None:  # the guard vets the epoch once its grid is drawn
+        if hook == "on_epoch_end":
+            assert (tmp_path / "epoch_0001.png").exists()
+            assert not progress.history.exists()
+
+    class Run(_Recorder):
+        def metrics(self, metrics: dict, step: int | None = None) -> int:
+            calls.append(("log", tuple(metrics)))
+            return len(metrics)
+
+    record = EpochRecord(progress, Run(calls, "log"), np.zeros((GRID_ROWS**2, 4), np.float32),
+                         CollapseWatch(0, 0.05), images_per_epoch=100,
+                         quality=lambda g: calls.append(("quality", "score")) or 3.14159265,
+                         eval_every=1)
+    commit = EpochCommit(_Recorder(calls, "checkpoint"), _Recorder(calls, "guard", grid_first),
+                         record)
+    generator = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16),
+                                  keras.layers.Reshape((4, 4, 1))])
+    commit.set_model(SimpleNamespace(generator=generator))
+    commit.set_params({"epochs": 2})
+    commit.on_epoch_begin(0)
     time.sleep(0.05)
-    callback.on_epoch_end(0, logs)
-    [(metrics, step)] = logged
-    assert step == 1 and 0 < metrics["images_per_sec"] <= 100 / 0.05
-    assert logs == {}  # not in history.csv, a DVC output: timings differ between runs
+    calls.clear()
+    commit.on_epoch_end(0, {"g_loss": 1.23456789, "d_loss": 2.0})
+    assert [c[0] for c in calls] == ["guard", "quality", "log", "log", "log", "log",
+                                     "checkpoint"]
+    assert calls[2] == ("log", ("d_loss", "g_loss")) and calls[3] == ("log", ("images_per_sec",))
+    assert progress.history.read_text().splitlines() == ["epoch,d_loss,g_loss", "1,2.0,1.23457"]
+    assert progress.quality.read_text().splitlines() == ["epoch,frechet_distance",
+                                                         "1,3.14159"]
 
 
-def test_history_csv_starts_fresh_and_appends(tmp_path: Path) -> None:
+def test_history_rows_start_fresh_append_and_round(tmp_path: Path) -> None:
     path = tmp_path / "history.csv"
-    callback = HistoryCSV(path)
-    callback.on_epoch_end(0, {"g_loss": 1.0, "d_loss": 2.0})
-    callback.on_epoch_end(1, {"g_loss": 3.0, "d_loss": 4.0})
+    write_row(path, history_row(0, {"g_loss": 1.0, "d_loss": 2.0}), fresh=True)
+    write_row(path, history_row(1, {"g_loss": 3.0, "d_loss": 4.0}), fresh=False)
     assert path.read_text().splitlines() == ["epoch,d_loss,g_loss", "1,2.0,1.0", "2,4.0,3.0"]
-    HistoryCSV(path).on_epoch_end(2, {"g_loss": 5.0, "d_loss": 6.0})  # resumed run appends
+    write_row(path, history_row(2, {"g_loss": 5.0, "d_loss": 6.0}), fresh=False)  # resumed
     assert len(path.read_text().splitlines()) == 4
-    callback.on_epoch_end(0, {"g_loss": 7.0, "d_loss": 8.0})  # a new run starts over
-    assert path.read_text().splitlines() == ["epoch,d_loss,g_loss", "1,8.0,7.0"]
+    write_row(path, history_row(0, {"g_loss": 7.0, "d_loss": 1 / 3}), fresh=True)  # new run
+    assert path.read_text().splitlines() == ["epoch,d_loss,g_loss", "1,0.333333,7.0"]
 
 
 def test_seeded_batches_depend_on_seed_and_epoch_only() -> None:

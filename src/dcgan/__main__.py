@@ -1,6 +1,6 @@
-"""`python -m dcgan COMMAND ...`: the same as the `dcgan` console script (see dcgan.cli)."""
+"""`python -m dcgan COMMAND ...`: the same as the `dcgan` console script (see dcgan.tools.cli)."""
 
-from dcgan.cli import main
+from dcgan.tools.cli import main
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,296 @@
+"""Typed, validated configuration: params.yaml loaded into frozen pydantic models.
+
+Every stage calls `load_params()` before it does any work, so a bad key stops
+the pipeline at its first stage with one line naming the key, the value and
+what is allowed. Each field carries a one-line description, which doubles as
+the comment on that key.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dcgan.core.errors import UserError
+
+DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "folder")
+# The optimiser each architecture was published with: (learning rate, Adam beta1).
+ARCH_ADAM = {"paper": (2e-4, 0.5), "tutorial": (1e-4, 0.9)}
+
+
+class _Section(BaseModel):
+    # strict: YAML already gives typed values, so "10" for an int is a mistake, not a number.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class FetchConfig(_Section):
+    dataset: Literal[DATASETS] = Field("mnist-5k", description="which dataset to fetch")
+    folder: str = Field(
+        "data/images", description="directory, .zip or .tar of images (dataset: folder)"
+    )
+    mirror: str | None = Field(
+        None, description="base URL that replaces the canonical download location"
+    )
+
+    @model_validator(mode="after")
+    def _folder_needs_path(self) -> FetchConfig:
+        if self.dataset == "folder" and not self.folder:
+            raise ValueError("fetch.folder must name a directory when fetch.dataset is 'folder'")
+        if self.mirror is not None and not self.mirror.startswith(("http://", "https://", "file://")):
+            raise ValueError(
+                f"fetch.mirror = {self.mirror!r} is invalid: must be a URL starting with "
+                "http://, https:// or file://"
+            )
+        return self
+
+
+class PreprocessConfig(_Section):
+    image_size: int = Field(28, ge=8, le=256, description="side of the square training images")
+    channels: Literal[1, 3] | None = Field(
+        None, description="convert to 1 (grey) or 3 (RGB) channels; null keeps the dataset's"
+    )
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="share of images held out as test")
+    seed: int = Field(0, ge=0, description="seed of the train/test split")
+    skip_unreadable: bool = Field(
+        False, description="leave out images that cannot be decoded (with a warning)"
+    )
+
+
+class ClassifierConfig(_Section):
+    epochs: int = Field(5, ge=1, le=1000, description="epochs of the evaluation classifier")
+    batch_size: int = Field(128, ge=1, le=65536, description="classifier batch size")
+    feature_dim: int = Field(64, ge=2, le=4096, description="width of its penultimate layer")
+    seed: int = Field(0, ge=0, description="seed of classifier training")
+
+
+class TrainConfig(_Section):
+    arch: Literal["paper", "tutorial"] = Field(
+        "paper", description="paper: Radford et al. 2015 guidelines; tutorial: the TF tutorial"
+    )
+    epochs: int = Field(60, ge=1, le=100000, description="training epochs")
+    batch_size: int = Field(128, ge=1, le=65536, description="images per training step")
+    lr: float | None = Field(
+        None, gt=0, le=1, description="Adam learning rate; null = the arch's (paper 2e-4)"
+    )
+    beta1: float | None = Field(
+        None, ge=0, lt=1, description="Adam beta1; null = the arch's (paper 0.5)"
+    )
+    latent_dim: int = Field(100, ge=1, le=4096, description="size of the noise vector z")
+    g_filters: int = Field(64, ge=1, le=2048, description="paper arch: G's last hidden width")
+    d_filters: int = Field(64, ge=1, le=2048, description="paper arch: D's first layer width")
+    seed: int = Field(42, ge=0, description="seed of weights, noise and data order")
+    precision: Literal["auto", "float32", "mixed_bfloat16"] = Field(
+        "auto", description="Keras dtype policy; auto: mixed_bfloat16 where bfloat16 is "
+                            "native (GPU sm_80+, CPU AVX512_BF16 or AMX), else float32"
+    )
+    update: Literal["alternating", "simultaneous"] = Field(
+        "alternating",
+        description="alternating: D's step, then G's on fresh noise (two G forward passes); "
+                    "simultaneous: both from one G forward pass, as the TF tutorial",
+    )
+    steps_per_execution: int = Field(
+        1, ge=1, le=1000, description="train steps per call of the compiled train function"
+    )
+    distribution: Literal["auto", "none", "mirrored", "multi_worker"] = Field(
+        "auto",
+        description="auto: all local GPUs if several, else one device; none: one device; "
+                    "mirrored: tf.distribute.MirroredStrategy over local devices; "
+                    "multi_worker: MultiWorkerMirroredStrategy, cluster from TF_CONFIG",
+    )
+    eval_every: int = Field(
+        5, ge=0, le=100000,
+        description="Fréchet distance of a fixed sample every this many epochs; 0 = off",
+    )
+    collapse_patience: int = Field(
+        5, ge=0, le=100000,
+        description="warn when D's loss stays below collapse_d_loss this many epochs; 0 = off",
+    )
+    collapse_d_loss: float = Field(
+        0.05, gt=0, le=10, description="a D loss below this counts towards collapse"
+    )
+
+    @property
+    def adam(self) -> tuple[float, float]:
+        """The (learning rate, beta1) in force: the params', else the arch's."""
+        lr, beta1 = ARCH_ADAM[self.arch]
+        return (self.lr if self.lr is not None else lr,
+                self.beta1 if self.beta1 is not None else beta1)
+
+
+class GenerateConfig(_Section):
+    num_samples: int = Field(1000, ge=1, le=1_000_000, description="samples written to disk")
+    seed: int = Field(123, ge=0, description="seed of the sampled noise")
+    grid_rows: int = Field(8, ge=1, le=32, description="rows (and columns) of the sample grid")
+    interp_steps: int = Field(10, ge=2, le=64, description="images per latent-interpolation row")
+
+
+class EvaluateConfig(_Section):
+    batch_size: int = Field(256, ge=1, le=65536, description="batch of feature extraction")
+    seed: int = Field(0, ge=0, description="seed of subsampling, KID subsets and the ceilings")
+    kid_subsets: int = Field(100, ge=1, le=10000, description="random subsets KID averages over")
+    kid_subset_size: int = Field(
+        500, ge=2, le=100000,
+        description="images per KID subset (capped at N; below N, so that subsets differ)",
+    )
+    mode_min_share: float = Field(
+        0.25, gt=0, le=1,
+        description="a class is covered if its share of samples is >= this x its real share",
+    )
+    inception: str | None = Field(
+        None,
+        description="InceptionV3 weights file (.h5) for true FID/IS, 'download', or null = off",
+    )
+
+
+class ProbeConfig(_Section):
+    train_sizes: list[Annotated[int, Field(ge=2)]] = Field(
+        [100, 1000], min_length=1, max_length=10,
+        description="labelled training images the linear probe is fitted on (each size)",
+    )
+    seed: int = Field(0, ge=0, description="seed of the labelled subsets and the random D")
+
+
+class Params(_Section):
+    fetch: FetchConfig = FetchConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    train: TrainConfig = TrainConfig()
+    generate: GenerateConfig = GenerateConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    probe: ProbeConfig = ProbeConfig()
+
+    @model_validator(mode="after")
+    def _size_fits_arch(self) -> Params:
+        size, arch = self.preprocess.image_size, self.train.arch
+        if arch == "paper" and paper_start_size(size) is None:
+            raise ValueError(
+                f"preprocess.image_size = {size} cannot be produced by train.arch 'paper': "
+                "it must be s * 2**n with s in 4..7 and n >= 2 (e.g. 16, 28, 32, 64)"
+            )
+        if arch == "tutorial" and size % 4:
+            raise ValueError(
+                f"preprocess.image_size = {size} cannot be produced by train.arch 'tutorial': "
+                "it must be a multiple of 4 (e.g. 28, 32, 64)"
+            )
+        return self
+
+
+def paper_start_size(image_size: int) -> int | None:
+    """Side of the paper generator's first feature map, or None if it cannot reach `image_size`.
+
+    G starts from an s x s map with s in 4..7 and doubles it n >= 2 times
+    (28 = 7 * 2**2, 32 = 4 * 2**3, 64 = 4 * 2**4).
+    """
+    size, doublings = image_size, 0
+    while size % 2 == 0 and size > 7:
+        size, doublings = size // 2, doublings + 1
+    return size if 4 <= size <= 7 and doublings >= 2 else None
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One line for one pydantic error: key, bad value, what is allowed."""
+    key = ".".join(str(part) for part in error["loc"])
+    kind, msg = error["type"], error["msg"]
+    if kind == "extra_forbidden":
+        section = _section_model(error["loc"][:-1])
+        allowed = ", ".join(section.model_fields) if section else "see params.yaml"
+        return f"{key} is not a known key (allowed: {allowed})"
+    if kind == "value_error":
+        return msg.removeprefix("Value error, ")
+    value = error.get("input")
+    if kind == "model_type":  # pydantic adds "or instance of TrainConfig": our class name
+        return f"{key} = {value!r} is invalid: must be a valid dictionary of {key}'s keys"
+    if kind == "literal_error":
+        msg = msg.replace("Input should be", "must be")
+    else:
+        msg = msg.replace("Input should be", "must be").replace("Input", "value")
+    return f"{key} = {value!r} is invalid: {msg}"
+
+
+def _section_model(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Params
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type):
+            return None
+        model = field.annotation
+    return model
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a parsed params mapping (`raw`, read from YAML; None counts as empty) into
+    the frozen `Params`; `source` is the file name that error messages give.
+
+    Raises:
+        UserError: one line naming the first bad key, its value and what is allowed.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        kind = type(raw).__name__
+        raise UserError(f"{source}: top level must be a mapping of sections, got {kind}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise UserError(f"{source}: {_describe(first)}") from None
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader that reads `2e-4` as a float, as YAML 1.2 (and DVC) do; YAML 1.1
+    wants a dot in the mantissa and would read it as a string."""
+
+
+_FLOAT = r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(_FLOAT),
+                                    list("-+0123456789."))
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate the whole params file.
+
+    Raises:
+        UserError: if the file is missing, is not YAML, or fails validation.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.load(path.read_text(), Loader=_Yaml12Loader)
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; run from the repo root or pass --params") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: {_yaml_problem(err)}") from None
+    return parse_params(raw, source=str(path))
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line for a YAML error: where, what, and the fix."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}" if mark else ""
+    problem = getattr(err, "problem", None) or ""
+    if problem.startswith("could not determine a constructor for the tag"):
+        # The safe loader knows no tags that build objects (!!python/object...): they run code.
+        tag = problem.rsplit(" ", 1)[-1].replace("tag:yaml.org,2002:", "!!")
+        return (f"YAML tag {tag}{where} is not allowed: params hold plain values only "
+                "(numbers, strings, lists, mappings); remove the tag")
+    detail = f" ({problem})" if problem else ""
+    return f"not valid YAML{where}{detail}; fix the syntax"
+
+
+def flatten(params: Params, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The resolved params as flat `section.key` pairs, for MLflow and logs.
+
+    Args:
+        params: validated params.
+        sections: which sections to include; None for all.
+    """
+    flat = {}
+    for section, values in params.model_dump().items():
+        if sections is None or section in sections:
+            flat.update({f"{section}.{key}": value for key, value in values.items()})
+    if "train.lr" in flat:
+        flat["train.lr"], flat["train.beta1"] = params.train.adam
+    return flat

@@ -1,0 +1,186 @@
+"""The DCGAN: a generator and a discriminator trained against each other by `fit()`, with
+the adversarial `train_step`, top to bottom.
+
+The networks themselves are in nets.architectures (the paper's and the TF tutorial's).
+Use: `gan = build_gan(params.train, image_shape)`, then `gan.fit(dataset)`.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import layers, ops
+
+from dcgan.core.config import TrainConfig
+from dcgan.nets.architectures import Discriminator, Generator
+from dcgan.nets.replicas import across_replicas, replica_slice, step_logs
+
+
+class DCGAN(keras.Model):
+    """A generator and a discriminator trained against each other by `fit()`.
+
+    Tracks per step: `d_loss`, `g_loss`, and `d_real` / `d_fake`, the mean of
+    D(x) and D(G(z)) as probabilities (0.5 both when D cannot tell).
+    """
+
+    def __init__(self, generator: keras.Model, discriminator: keras.Model, latent_dim: int,
+                 seed: int, update: str = "alternating", **kwargs):
+        super().__init__(**kwargs)
+        self.generator = generator
+        self.discriminator = discriminator
+        self.latent_dim = latent_dim
+        self.update = update  # "alternating" or "simultaneous": see train_step
+        self.d_has_batchnorm = any(isinstance(layer, layers.BatchNormalization)
+                                   for layer in discriminator.layers)
+        # All noise comes from here, so a seed fixes every z the model draws.
+        self.noise_seed = keras.random.SeedGenerator(seed)
+        # Keras saves weights but not the RNG states kept beside them (this noise seed,
+        # Dropout's). Tracked as this model's own variables, they go into checkpoints,
+        # so a resumed run continues the random streams instead of replaying epoch 1's.
+        weights = {id(w) for w in self.weights}
+        for state in [v for v in self.variables if id(v) not in weights]:
+            self._track_variable(state)
+        self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
+        self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
+        self.d_real_tracker = keras.metrics.Mean(name="d_real")
+        self.d_fake_tracker = keras.metrics.Mean(name="d_fake")
+
+    def compile(self, g_optimizer: keras.optimizers.Optimizer,
+                d_optimizer: keras.optimizers.Optimizer, **kwargs) -> None:
+        # optimizer=None: Keras would otherwise add an unused RMSprop to every checkpoint.
+        super().compile(optimizer=None, **kwargs)
+        self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
+        # Build the slots now so a checkpoint restores them before the first step.
+        g_optimizer.build(self.generator.trainable_variables)
+        d_optimizer.build(self.discriminator.trainable_variables)
+        # Per example: `_average` takes the mean over the global batch itself.
+        self.bce = keras.losses.BinaryCrossentropy(from_logits=True, reduction="none")
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        # Listed here so Keras resets them at the start of every epoch.
+        return [self.d_loss_tracker, self.g_loss_tracker, self.d_real_tracker, self.d_fake_tracker]
+
+    def call(self, z: tf.Tensor, training: bool = False) -> tf.Tensor:
+        return self.generator(z, training=training)
+
+    def sample_noise(self, n: int | tf.Tensor) -> tf.Tensor:
+        return keras.random.normal((n, self.latent_dim), seed=self.noise_seed)
+
+    def replica_noise(self, batch: int | tf.Tensor) -> tf.Tensor:
+        """This replica's `batch` rows of one noise draw for the global batch: together,
+        the replicas use exactly the noise one device would draw (the seed state is the
+        same on all of them, so each drawing its own would repeat one slice N times)."""
+        replica, replicas = replica_slice()
+        return self.sample_noise(batch * replicas)[replica * batch:(replica + 1) * batch]
+
+    def _average(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+        """Cross-entropy summed over this replica's examples, divided by the global batch,
+        as tf.distribute expects: the replicas' gradients are summed, so their sum is the
+        gradient of the mean over the global batch (on one device, the plain mean)."""
+        per_example = self.bce(labels, logits)  # (B,)
+        replicas = replica_slice()[1]
+        return ops.divide_no_nan(ops.sum(per_example),
+                                 ops.cast(ops.shape(per_example)[0] * replicas, "float32"))
+
+    def discriminate(self, real: tf.Tensor, fake: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """D's logits on real and on generated images, (B, 1) each.
+
+        A D with batch norm sees each kind in its own batch (the paper's practice: mixed
+        batches would let BN's statistics tell them apart). A D without it gets one call
+        on both, concatenated: one larger batch runs faster than two.
+        """
+        if self.d_has_batchnorm:
+            return (self.discriminator(real, training=True),
+                    self.discriminator(fake, training=True))
+        logits = self.discriminator(ops.concatenate([real, ops.cast(fake, real.dtype)]),
+                                    training=True)
+        return logits[:ops.shape(real)[0]], logits[ops.shape(real)[0]:]
+
+    def train_step(self, real: tf.Tensor) -> dict[str, tf.Tensor]:
+        # On several replicas (tf.distribute) `real` is this replica's slice of the batch.
+        batch = ops.shape(real)[0]
+        ones, zeros = ops.ones((batch, 1)), ops.zeros((batch, 1))
+        if self.update == "simultaneous":
+            d_loss, g_loss, real_logits, fake_logits = self._simultaneous_step(real, ones, zeros)
+        else:
+            d_loss, g_loss, real_logits, fake_logits = self._alternating_step(real, ones, zeros)
+        # Each replica's losses are its share of the global mean; the trackers get the
+        # whole, identical on every replica (one device: the values themselves).
+        self.d_loss_tracker.update_state(across_replicas(d_loss, "sum"))
+        self.g_loss_tracker.update_state(across_replicas(g_loss, "sum"))
+        self.d_real_tracker.update_state(across_replicas(ops.mean(ops.sigmoid(real_logits)),
+                                                         "mean"))
+        self.d_fake_tracker.update_state(across_replicas(ops.mean(ops.sigmoid(fake_logits)),
+                                                         "mean"))
+        return step_logs({m.name: m.result() for m in self.metrics})
+
+    def _alternating_step(self, real: tf.Tensor, ones: tf.Tensor,
+                          zeros: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        # 1. Update D: real images towards 1, generated ones towards 0.
+        z = self.replica_noise(ops.shape(real)[0])  # (B, latent_dim)
+        with tf.GradientTape() as tape:
+            fake = self.generator(z, training=True)  # (B, H, W, C)
+            real_logits, fake_logits = self.discriminate(real, fake)  # (B, 1) each
+            d_loss = (self._average(ones, real_logits)
+                      + self._average(zeros, fake_logits))
+        self._apply(self.d_optimizer, tape.gradient(d_loss, self.discriminator.trainable_variables),
+                    self.discriminator)
+
+        # 2. Update G with fresh noise against the updated D: the non-saturating loss
+        #    -log D(G(z)) (Goodfellow et al. 2014, section 3) gives strong early gradients.
+        z = self.replica_noise(ops.shape(real)[0])
+        with tf.GradientTape() as tape:
+            g_logits = self.discriminator(self.generator(z, training=True), training=True)
+            g_loss = self._average(ones, g_logits)
+        self._apply(self.g_optimizer, tape.gradient(g_loss, self.generator.trainable_variables),
+                    self.generator)
+        return d_loss, g_loss, real_logits, fake_logits
+
+    def _simultaneous_step(self, real: tf.Tensor, ones: tf.Tensor,
+                           zeros: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        # One G forward pass serves both updates, each taken at the current weights
+        # (the tutorial's step): G's costs about as much as the rest of the step together.
+        z = self.replica_noise(ops.shape(real)[0])
+        with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
+            fake = self.generator(z, training=True)
+            real_logits, fake_logits = self.discriminate(real, fake)
+            d_loss = (self._average(ones, real_logits)
+                      + self._average(zeros, fake_logits))
+            g_loss = self._average(ones, fake_logits)  # non-saturating, as above
+        d_grads = d_tape.gradient(d_loss, self.discriminator.trainable_variables)
+        g_grads = g_tape.gradient(g_loss, self.generator.trainable_variables)
+        self._apply(self.d_optimizer, d_grads, self.discriminator)
+        self._apply(self.g_optimizer, g_grads, self.generator)
+        return d_loss, g_loss, real_logits, fake_logits
+
+    @staticmethod
+    def _apply(optimizer: keras.optimizers.Optimizer, grads: list[tf.Tensor],
+               net: keras.Model) -> None:
+        optimizer.apply_gradients(zip(grads, net.trainable_variables, strict=True))
+
+
+def build_gan(cfg: TrainConfig, image_shape: tuple[int, int, int],
+              strategy: tf.distribute.Strategy | None = None) -> DCGAN:
+    """Build and compile the DCGAN for `image_shape` with the config's Adam settings.
+
+    Call `keras.utils.set_random_seed` first: the initial weights draw from it.
+    With a `strategy` (distribution.make_strategy) the variables are made in its scope,
+    so `fit()` runs each step on all its replicas; with several, batch norm syncs.
+
+    Raises:
+        UserError: if the architecture cannot produce `image_shape`.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    sync_bn = strategy.num_replicas_in_sync > 1
+    with strategy.scope():
+        gan = DCGAN(Generator(cfg, image_shape, sync_bn), Discriminator(cfg, image_shape, sync_bn),
+                    cfg.latent_dim, seed=cfg.seed, update=cfg.update, name="dcgan")
+        gan(ops.zeros((1, cfg.latent_dim)))  # build, so checkpoints can be restored into it
+        lr, beta1 = cfg.adam
+        gan.compile(
+            g_optimizer=keras.optimizers.Adam(lr, beta_1=beta1, name="g_adam"),
+            d_optimizer=keras.optimizers.Adam(lr, beta_1=beta1, name="d_adam"),
+            steps_per_execution=cfg.steps_per_execution,
+        )
+    return gan

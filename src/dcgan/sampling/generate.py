@@ -1,0 +1,141 @@
+"""Sampling from a trained generator: sample arrays, image grids, latent walks, GIFs.
+
+Used by the train stage (a fixed-noise grid every epoch, a GIF at the end) and
+by the generate stage (`generate()`), which loads `generator.keras` on its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+from PIL import Image
+
+from dcgan.core.config import GenerateConfig
+from dcgan.core.outputs import atomic_path
+from dcgan.nets.serialisation import load_model
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Map images in [-1, 1] to uint8 in [0, 255]."""
+    return np.clip(np.rint((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def image_grid(images: np.ndarray, rows: int, pad: int = 2) -> Image.Image:
+    """Tile (N, H, W, C) images in [-1, 1] into one picture, `rows` rows, padded in white.
+
+    Args:
+        images: N images; N must be a multiple of `rows`.
+        rows: number of rows; columns = N // rows.
+        pad: pixels between tiles.
+
+    Returns:
+        A PIL image, mode "L" for one channel and "RGB" for three.
+    """
+    n, h, w, c = images.shape
+    cols = n // rows
+    assert cols * rows == n, f"{n} images do not fill {rows} rows"
+    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
+    tiles = to_uint8(images)
+    for i in range(n):
+        r, col = divmod(i, cols)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        canvas[y:y + h, x:x + w] = tiles[i]
+    return Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+
+
+def save_image(image: Image.Image, path: Path, scale: int = 1) -> None:
+    """Write a PNG atomically, enlarged `scale` times with nearest neighbour."""
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def make_gif(frames: list[Path], path: Path, ms_per_frame: int = 200) -> None:
+    """Assemble PNG frames into a looping GIF that holds the last frame a little longer."""
+    images = [Image.open(f).convert("RGB") for f in frames]
+    durations = [ms_per_frame] * (len(images) - 1) + [ms_per_frame * 5]
+    with atomic_path(path) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                       duration=durations, loop=0)
+
+
+def slerp(z0: np.ndarray, z1: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Spherical interpolation between latent vectors, which keeps the walk at the
+    norm Gaussian noise has (White 2016, "Sampling Generative Networks").
+
+    Args:
+        z0, z1: (D,) endpoints; t: (T,) positions in [0, 1].
+
+    Returns:
+        (T, D) points from z0 (t=0) to z1 (t=1).
+    """
+    cos = np.dot(z0, z1) / (np.linalg.norm(z0) * np.linalg.norm(z1))
+    omega = np.arccos(np.clip(cos, -1.0, 1.0))
+    t = t[:, None]
+    if omega < 1e-6:  # parallel: fall back to a straight line
+        return (1 - t) * z0 + t * z1
+    return (np.sin((1 - t) * omega) * z0 + np.sin(t * omega) * z1) / np.sin(omega)
+
+
+def load_generator(path: Path) -> keras.Model:
+    """Load a saved generator.
+
+    Raises:
+        UserError: if the file is missing or is not a Keras model.
+    """
+    return load_model(path, remedy="run the train stage first (dvc repro train)")
+
+
+def draw_samples(generator: keras.Model, num_samples: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """`num_samples` images from noise z ~ N(0, I) drawn from `rng`: the generate stage's
+    samples (and what `dcgan.tools.bench_stages` times).
+
+    Returns:
+        (num_samples, H, W, C) float32 in [-1, 1].
+    """
+    z = rng.standard_normal((num_samples, generator.input_shape[-1])).astype(np.float32)
+    # In batches, so a large num_samples stays within memory.
+    return generator.predict(z, batch_size=256, verbose=0).astype(np.float32)
+
+
+def generate(cfg: GenerateConfig, generator_path: Path, out_dir: Path) -> dict:
+    """Write samples, a sample grid and a latent-interpolation grid from a saved generator.
+
+    Writes `samples.npy` (N, H, W, C) float32 in [-1, 1], `grid.png` and
+    `interpolation.png` (grid_rows walks of interp_steps images) in `out_dir` (the sync
+    step copies the two pictures to the generator's MLflow run).
+
+    Returns:
+        A summary: number of samples and their shape.
+
+    Raises:
+        UserError: if the generator cannot be loaded.
+    """
+    return _write_samples(load_generator(generator_path), cfg, out_dir)
+
+
+def _write_samples(generator: keras.Model, cfg: GenerateConfig, out_dir: Path) -> dict:
+    latent_dim = generator.input_shape[-1]
+    # One independent stream each, so the grid and the walks do not change with num_samples.
+    rng, grid_rng, walk_rng = map(np.random.default_rng, np.random.SeedSequence(cfg.seed).spawn(3))
+    # 1. Samples.
+    samples = draw_samples(generator, cfg.num_samples, rng)
+    # 2. Grid.
+    z_grid = grid_rng.standard_normal((cfg.grid_rows**2, latent_dim)).astype(np.float32)
+    grid = generator.predict(z_grid, verbose=0)
+    # 3. Latent walks: each row goes from one random z to another.
+    ends = walk_rng.standard_normal((cfg.grid_rows, 2, latent_dim))
+    t = np.linspace(0.0, 1.0, cfg.interp_steps)
+    walks = np.concatenate([slerp(a, b, t) for a, b in ends]).astype(np.float32)
+    interp = generator.predict(walks, verbose=0)
+
+    with atomic_path(out_dir / "samples.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, samples)
+    scale = max(1, 512 // (grid.shape[1] * cfg.grid_rows))
+    save_image(image_grid(grid, cfg.grid_rows), out_dir / "grid.png", scale)
+    save_image(image_grid(interp, cfg.grid_rows), out_dir / "interpolation.png", scale)
+    return {"num_samples": int(len(samples)), "shape": list(samples.shape[1:])}

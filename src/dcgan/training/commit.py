@@ -1,0 +1,140 @@
+"""The end of every epoch, in one place and in one order: grid → guard → history →
+quality → log → checkpoint.
+
+`EpochCommit` is the one Keras callback of training besides the input pipeline's. Its
+order is code, not the order of a callback list:
+1. grid: G's samples from one fixed noise batch, a PNG in the checkpoint directory;
+2. guard: non-finite weights stop training before anything records the epoch
+   (`DivergenceGuard`; non-finite losses stop it at the step), and the collapse watch;
+3. history: a row of history.csv (G and D loss, D(x), D(G(z))), floats rounded as every
+   text output is;
+4. quality: every `eval_every` epochs and after the last, the Fréchet distance of a fixed
+   sample, a row of quality.csv;
+5. log: the same numbers, the grid and the throughput to the MLflow run (`RunLog`);
+6. checkpoint: the epoch is committed only now, so a kill before this point repeats the
+   epoch (the run log skips steps it already holds) rather than losing it.
+
+A non-chief worker's commit has only the guard and the checkpoint (`record=None`).
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from dcgan.core.outputs import rounded
+from dcgan.sampling.generate import image_grid, save_image
+from dcgan.tracking.runlog import RunLog
+from dcgan.training.checkpoints import Checkpoint, Progress
+from dcgan.training.guards import CollapseWatch, DivergenceGuard
+from dcgan.training.quality import FixedSampleFD
+
+GRID_ROWS = 8  # the per-epoch grid shows GRID_ROWS x GRID_ROWS samples
+
+
+def write_row(path: Path, row: dict, fresh: bool) -> None:
+    """Add a row to a per-epoch CSV: with `fresh` (the run's first row) or when the file
+    is missing, start it afresh with a header; otherwise (later rows, also after a
+    resume) append."""
+    fresh = fresh or not path.exists()
+    with open(path, "w" if fresh else "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if fresh:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def history_row(epoch: int, logs: dict) -> dict:
+    """History's row of 0-based `epoch`: its number (1-based) and the logs, sorted, rounded."""
+    return {"epoch": epoch + 1, **rounded({k: float(v) for k, v in sorted(logs.items())})}
+
+
+@dataclass
+class EpochRecord:
+    """What the chief records of each epoch, and where."""
+
+    progress: Progress  # the per-epoch files, in the checkpoint directory
+    run: RunLog
+    noise: np.ndarray  # the grid's fixed noise (GRID_ROWS**2, latent_dim)
+    collapse: CollapseWatch
+    images_per_epoch: int
+    quality: FixedSampleFD | None = None  # None: train.eval_every is 0
+    eval_every: int = 0
+
+
+class EpochCommit(keras.callbacks.Callback):
+    """Grid, guard, history, quality, log and checkpoint of every epoch, in that order."""
+
+    def __init__(self, checkpoint: Checkpoint, guard: DivergenceGuard,
+                 record: EpochRecord | None = None):
+        super().__init__()
+        self.checkpoint, self.guard, self.record = checkpoint, guard, record
+        self.start = time.perf_counter()
+
+    def set_model(self, model: keras.Model) -> None:
+        super().set_model(model)
+        self.checkpoint.set_model(model)
+        self.guard.set_model(model)
+
+    def set_params(self, params: dict) -> None:
+        super().set_params(params)
+        self.checkpoint.set_params(params)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.checkpoint.on_train_begin(logs)  # restores the last committed epoch
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.guard.on_epoch_begin(epoch, logs)
+        self.checkpoint.on_epoch_begin(epoch, logs)
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.guard.on_train_batch_end(batch, logs)
+        self.checkpoint.on_train_batch_end(batch, logs)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        seconds, logs = time.perf_counter() - self.start, logs or {}
+        grid = self._grid(epoch) if self.record else None       # 1. grid
+        self.guard.on_epoch_end(epoch, logs)                       # 2. guard
+        if self.record:
+            note = self.record.collapse.update(epoch, logs)
+            row = history_row(epoch, logs)                         # 3. history
+            write_row(self.record.progress.history, row, fresh=epoch == 0)
+            quality = self._quality(epoch)                         # 4. quality
+            self._log(row, quality, grid, seconds, note)           # 5. log
+        self.checkpoint.on_epoch_end(epoch, logs)                  # 6. checkpoint
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self.checkpoint.on_train_end(logs)
+
+    def _grid(self, epoch: int) -> np.ndarray:
+        images = self.model.generator(self.record.noise, training=False)
+        grid = image_grid(np.asarray(images), GRID_ROWS)
+        save_image(grid, self.record.progress.grids / f"epoch_{epoch + 1:04d}.png")
+        return np.asarray(grid)
+
+    def _quality(self, epoch: int) -> float | None:
+        done, every = epoch + 1, self.record.eval_every
+        if self.record.quality is None or (done % every and done != self.params["epochs"]):
+            return None
+        fd = rounded(self.record.quality(self.model.generator))
+        write_row(self.record.progress.quality, {"epoch": done, "frechet_distance": fd},
+                  fresh=done <= every)
+        return fd
+
+    def _log(self, row: dict, quality: float | None, grid: np.ndarray, seconds: float,
+             note: str | None) -> None:
+        run, done = self.record.run, row["epoch"]
+        run.metrics({k: v for k, v in row.items() if k != "epoch"}, step=done)
+        # Not in history.csv: a DVC output, which timings would make differ between runs.
+        run.metrics({"images_per_sec": self.record.images_per_epoch / seconds}, step=done)
+        if quality is not None:
+            run.metrics({"epoch_frechet_distance": quality}, step=done)
+        run.image(grid, "epoch_grid", done)
+        if note:
+            run.tags({"collapse": note})
