@@ -18,15 +18,8 @@ from PIL import Image
 from dcgan.core.config import GenerateConfig, TrainConfig
 from dcgan.core.errors import UserError
 from dcgan.nets.architectures import Generator
-from dcgan.sampling.generate import (
-    generate,
-    image_grid,
-    load_generator,
-    make_gif,
-    save_image,
-    slerp,
-    to_uint8,
-)
+from dcgan.sampling.generate import generate, load_generator, slerp
+from dcgan.sampling.images import image_grid, make_gif, save_image, to_uint8
 
 LATENT, SIZE = 8, 16
 

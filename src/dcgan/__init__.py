@@ -1,5 +1,6 @@
-"""dcgan: the package behind the DVC pipeline (config, data, model, training, sampling,
-classifier, metrics, tracking). Stage scripts in stages/ are its entry points."""
+"""dcgan: the package behind the DVC pipeline, one subpackage per concern (core, data,
+dataset, nets, features, evaluation, sampling, training, tracking, tools). Stage scripts
+in stages/ are its entry points; each depends on what it imports (README: Layout)."""
 
 import os
 

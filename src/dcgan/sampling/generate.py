@@ -1,7 +1,7 @@
-"""Sampling from a trained generator: sample arrays, image grids, latent walks, GIFs.
+"""The generate stage: sample arrays, a sample grid and latent walks from a saved generator.
 
-Used by the train stage (a fixed-noise grid every epoch, a GIF at the end) and
-by the generate stage (`generate()`), which loads `generator.keras` on its own.
+`generate()` loads `generator.keras` on its own; the pictures are drawn by
+sampling.images, which the train stage uses too (a grid every epoch, a GIF at the end).
 """
 
 from __future__ import annotations
@@ -10,56 +10,11 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from PIL import Image
 
 from dcgan.core.config import GenerateConfig
 from dcgan.core.outputs import atomic_path
 from dcgan.nets.serialisation import load_model
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Map images in [-1, 1] to uint8 in [0, 255]."""
-    return np.clip(np.rint((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def image_grid(images: np.ndarray, rows: int, pad: int = 2) -> Image.Image:
-    """Tile (N, H, W, C) images in [-1, 1] into one picture, `rows` rows, padded in white.
-
-    Args:
-        images: N images; N must be a multiple of `rows`.
-        rows: number of rows; columns = N // rows.
-        pad: pixels between tiles.
-
-    Returns:
-        A PIL image, mode "L" for one channel and "RGB" for three.
-    """
-    n, h, w, c = images.shape
-    cols = n // rows
-    assert cols * rows == n, f"{n} images do not fill {rows} rows"
-    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
-    tiles = to_uint8(images)
-    for i in range(n):
-        r, col = divmod(i, cols)
-        y, x = pad + r * (h + pad), pad + col * (w + pad)
-        canvas[y:y + h, x:x + w] = tiles[i]
-    return Image.fromarray(canvas[..., 0] if c == 1 else canvas)
-
-
-def save_image(image: Image.Image, path: Path, scale: int = 1) -> None:
-    """Write a PNG atomically, enlarged `scale` times with nearest neighbour."""
-    if scale > 1:
-        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
-
-
-def make_gif(frames: list[Path], path: Path, ms_per_frame: int = 200) -> None:
-    """Assemble PNG frames into a looping GIF that holds the last frame a little longer."""
-    images = [Image.open(f).convert("RGB") for f in frames]
-    durations = [ms_per_frame] * (len(images) - 1) + [ms_per_frame * 5]
-    with atomic_path(path) as tmp:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                       duration=durations, loop=0)
+from dcgan.sampling.images import image_grid, save_image
 
 
 def slerp(z0: np.ndarray, z1: np.ndarray, t: np.ndarray) -> np.ndarray:

@@ -49,3 +49,9 @@ def read_run_file(path: Path) -> RunRecord:
         raise UserError(f"{path}: not a run file of the train stage (it names the generator's "
                         "md5, params and tags); run the train stage first (`dvc repro train`)")
     return record
+
+
+def default_run_name(params: dict) -> str:
+    """A run's name outside a DVC experiment, before the commit: `paper-mnist-5k-28px`."""
+    return (f"{params.get('train.arch')}-{params.get('fetch.dataset')}-"
+            f"{params.get('preprocess.image_size')}px")

@@ -32,7 +32,7 @@ from PIL import Image
 from dcgan.core.errors import UserError
 from dcgan.core.outputs import file_md5
 from dcgan.tracking import queries, registry
-from dcgan.tracking.runfile import read_run_file
+from dcgan.tracking.runfile import default_run_name, read_run_file
 from dcgan.tracking.runlog import RunLog
 
 
@@ -122,12 +122,6 @@ def _downstream_part(log: RunLog, paths: SyncPaths, lock: _Lock, md5: str) -> in
         section = lock.params(stage).get(stage, {})
         log.tags({f"{stage}.{k}": v for k, v in section.items()})
     return logged
-
-
-def default_run_name(params: dict) -> str:
-    """A run's name outside a DVC experiment, before the commit: `paper-mnist-5k-28px`."""
-    return (f"{params.get('train.arch')}-{params.get('fetch.dataset')}-"
-            f"{params.get('preprocess.image_size')}px")
 
 
 def _json(path: Path) -> dict:

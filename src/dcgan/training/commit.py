@@ -28,7 +28,7 @@ import keras
 import numpy as np
 
 from dcgan.core.outputs import rounded
-from dcgan.sampling.generate import image_grid, save_image
+from dcgan.sampling.images import image_grid, save_image
 from dcgan.tracking.runlog import RunLog
 from dcgan.training.checkpoints import Checkpoint, Progress
 from dcgan.training.guards import CollapseWatch, DivergenceGuard

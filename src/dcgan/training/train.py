@@ -37,8 +37,8 @@ from dcgan.dataset.imagestore import Dataset, dataset_md5, open_dataset
 from dcgan.features.classifier import feature_extractor
 from dcgan.nets.model import build_gan
 from dcgan.nets.serialisation import load_model, save_model
-from dcgan.sampling.generate import make_gif
-from dcgan.tracking.runfile import RunRecord, write_run_file
+from dcgan.sampling.images import make_gif
+from dcgan.tracking.runfile import RunRecord, default_run_name, write_run_file
 from dcgan.tracking.runlog import RunLog
 from dcgan.tracking.store import check_store
 from dcgan.training.checkpoints import (
@@ -238,8 +238,8 @@ def train(params: Params, data_file: Path, classifier_path: Path, out: TrainOutp
     # The run's params are those that shape the model; the sync step records the later
     # stages' params, which may change on the same model, as tags.
     logged = flatten(params, ("fetch", "preprocess", "train"))
-    default_name = f"{cfg.arch}-{params.fetch.dataset}-{params.preprocess.image_size}px"
-    with RunLog.open(logged, tags, default_name, resume=saved_run_id(setup.ckpt)) as run:
+    with RunLog.open(logged, tags, default_run_name(logged),
+                     resume=saved_run_id(setup.ckpt)) as run:
         save_run_id(setup.ckpt, run.run_id)
         record = _record(setup, classifier_path, progress, run)
         start = time.perf_counter()
