@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -181,6 +182,10 @@ def test_sync_gives_the_pulled_clone_its_run_model_and_alias(round_trip: SimpleN
     table = run(["dcgan", "compare"], rt.fresh).stdout
     for column in ("frechet_distance", "kid", "probe_accuracy"):
         assert column in table.splitlines()[1], table
+    code = ("import mlflow, numpy as np; "
+            "g = mlflow.keras.load_model('models:/dcgan-generator@best-mnist-5k'); "
+            "print(g(np.zeros((1, g.input_shape[-1]), 'float32')).shape)")
+    assert run([sys.executable, "-c", code], rt.fresh).stdout.strip().endswith("(1, 16, 16, 1)")
     assert run(["git", "status", "--porcelain"], rt.fresh).stdout == ""
 
 
