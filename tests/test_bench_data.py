@@ -22,7 +22,8 @@ from dcgan.core.errors import UserError
 from dcgan.tools import bench_data, bench_speed
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = {"fetch", "preprocess", "classifier", "train", "generate", "evaluate", "probe", "track"}
+# Not track: train_steps writes G, D and the run, not the per-epoch files it shows.
+STAGES = {"fetch", "preprocess", "classifier", "train", "generate", "evaluate", "probe"}
 TARGETS = {"stage_rss", "disk", "preprocess_scaling", "train_from_disk"}
 
 

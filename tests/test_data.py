@@ -28,8 +28,8 @@ from dcgan.core.config import FetchConfig, PreprocessConfig
 from dcgan.core.download import download
 from dcgan.core.errors import UserError
 from dcgan.core.outputs import file_md5
+from dcgan.data import decoding, manifest, preprocessing, sources
 from dcgan.data import fetch as data
-from dcgan.data import manifest, preprocessing, sources
 from dcgan.dataset.imagestore import Dataset, dataset_md5, open_dataset
 
 RNG = np.random.default_rng(0)
@@ -250,8 +250,9 @@ def test_blocks_through_the_shared_slots_give_the_same_bytes(tmp_path, monkeypat
     _fetch(tmp_path, dataset="folder", folder=str(tmp_path / "in"))
     whole, _ = _run(tmp_path / "raw", tmp_path / "one", image_size=8, workers=2,
                     skip_unreadable=True)
-    monkeypatch.setattr(preprocessing, "BLOCK", 4)
-    monkeypatch.setattr(preprocessing, "POOL_CHUNK", 3)
+    monkeypatch.setattr(decoding, "BLOCK", 4)  # the folder's blocks
+    monkeypatch.setattr(preprocessing, "BLOCK", 4)  # and the writer's
+    monkeypatch.setattr(decoding, "POOL_CHUNK", 3)
     blocks, _ = _run(tmp_path / "raw", tmp_path / "two", image_size=8, workers=2,
                      skip_unreadable=True)
     assert whole == blocks and whole["skipped"] == 5 and sum(whole["counts"].values()) == 30

@@ -36,12 +36,12 @@ def _outs(repo: Path) -> list[dict]:
     pipeline = yaml.safe_load((repo / "dvc.yaml").read_text())
     paths = pipeline["vars"][0]["paths"]
     uncached = {re.sub(r"\$\{paths\.(\w+)\}", lambda m: paths[m[1]], next(iter(out)))
-                for stage in pipeline["stages"].values() for out in stage["outs"]
+                for stage in pipeline["stages"].values() for out in stage.get("outs", [])
                 if isinstance(out, dict) and next(iter(out.values())).get("cache") is False}
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     assert set(lock) == STAGES
     return [{**out, "cached": out["path"] not in uncached}
-            for entry in lock.values() for out in entry["outs"]]
+            for entry in lock.values() for out in entry.get("outs", [])]
 
 
 def _manifest(repo: Path, md5: str) -> list[dict]:

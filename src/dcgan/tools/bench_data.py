@@ -135,7 +135,7 @@ def _stage_peaks(work: Path, steps: int, array_bytes: int) -> tuple[dict, dict]:
     runs = {**{s: ["python", "-m", "dvc", "repro", "-s", s] for s in ("fetch", "preprocess")},
             "classifier": commands["classifier"],
             "train": ["python", "-c", entry, json.dumps({"steps": steps, **paths})],
-            **{name: commands[name] for name in ("generate", "evaluate", "probe", "track")}}
+            **{name: commands[name] for name in ("generate", "evaluate", "probe")}}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

@@ -1,6 +1,6 @@
 """Side-by-side comparison of the pipeline's MLflow runs: the logic behind `dcgan compare`.
 
-Pure pandas over the table that `dcgan.tracking.runs.search_runs` returns (MLflow's own
+Pure pandas over the table that `dcgan.tracking.queries.search_runs` returns (MLflow's own
 `mlflow.search_runs` layout: `params.<key>`, `metrics.<name>`, `tags.<name>` columns), so
 it needs no store. `table()` picks and sorts the columns; `format_table()` renders them.
 The command itself lives in `dcgan.tools.cli`: `dcgan compare --help`.

@@ -23,6 +23,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+from mlflow.tracking.context.registry import resolve_tags
 
 from dcgan.tracking.store import use_store
 
@@ -103,9 +104,9 @@ class RunLog:
         tags = {**tags, **source_tags()}
         if resume is not None and not _run_exists(client, resume):
             resume = None
-        if resume is None:
-            resume = client.create_run(experiment_id, run_name=run_name(default_name, tags)
-                                       ).info.run_id
+        if resume is None:  # with MLflow's own tags too (source, user, git commit)
+            resume = client.create_run(experiment_id, run_name=run_name(default_name, tags),
+                                       tags=resolve_tags()).info.run_id
         else:
             client.update_run(resume, status="RUNNING")
         log = cls(resume, client)
