@@ -64,29 +64,35 @@ def train_rate(params: str, data: str, where: str, steps: int) -> float:
     return cfg.batch_size * steps / clock.seconds
 
 
-def page_cache(files: list[Path], action: str, _rereads: int = 0) -> float | None:
+def page_cache(files: list[Path], action: str) -> float | None:
     """Read `files` through ("warm") or drop their clean pages ("cold"; no root needed),
     then the share of their bytes in the page cache (util-linux fincore; None without).
     Under memory pressure other processes can evict a page between the read and the count:
     "warm" then reads the files again, up to twice."""
-    for path in files:
-        if action == "warm":
-            _read(path)
-        else:
-            fd = os.open(path, os.O_RDONLY)
-            os.fsync(fd)  # dirty pages cannot be dropped
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            os.close(fd)
+    for _ in range(3 if action == "warm" else 1):
+        for path in files:
+            if action == "warm":
+                _read(path)
+            else:
+                fd = os.open(path, os.O_RDONLY)
+                os.fsync(fd)  # dirty pages cannot be dropped
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                os.close(fd)
+        share = _cached_share(files)
+        if share is None or share == 1.0 or action != "warm":
+            break
+    return share
+
+
+def _cached_share(files: list[Path]) -> float | None:
+    """The share of `files`' bytes in the page cache (fincore), or None without fincore."""
     try:
         out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES,SIZE",
                               *map(str, files)], capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return None
     cached, size = np.array([line.split() for line in out.stdout.splitlines()], int).sum(0)
-    share = round(min(1.0, cached / size), 3)  # RES counts whole pages
-    if action == "warm" and share < 1.0 and _rereads < 2:  # pages evicted meanwhile
-        return page_cache(files, action, _rereads + 1)
-    return share
+    return round(min(1.0, cached / size), 3)  # RES counts whole pages
 
 
 def _read(path: Path) -> None:

@@ -57,8 +57,8 @@ class _Lock:
     """dvc.lock's md5s and params, by stage and path (empty when there is no lock)."""
 
     def __init__(self, path: Path):
-        stages = (yaml.safe_load(path.read_text()) or {}).get("stages", {}) if path.exists() else {}
-        self.stages = stages
+        lock = yaml.safe_load(path.read_text()) if path.exists() else None
+        self.stages = (lock or {}).get("stages", {})
 
     def md5(self, stage: str, kind: str, path: Path) -> str | None:
         for entry in self.stages.get(stage, {}).get(kind, []):
