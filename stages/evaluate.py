@@ -10,11 +10,12 @@ from dcgan.core.stage import stage_args, stage_main
 
 
 def main() -> None:
-    params, args = stage_args(__doc__, "data", "samples", "classifier", "metrics")
+    params, args = stage_args(__doc__, "data", "samples", "classifier", "selection", "metrics")
     from dcgan.evaluation.evaluate import evaluate  # not at the top: see dcgan.core.stage
     metrics = evaluate(
         params.evaluate, data_file=args.data, samples_file=args.samples,
         classifier_path=args.classifier, metrics_file=args.metrics,
+        selection_file=args.selection,
     )
     print(json.dumps(metrics, indent=2))
 

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -229,3 +230,55 @@ def test_missing_store_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
         f"error: no MLflow store at {tmp_path.resolve() / 'mlflow.db'}; run the pipeline first "
         "(`dvc repro`) or set MLFLOW_TRACKING_URI"]
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- seeds and protocols
+
+
+def _seed_runs() -> pd.DataFrame:
+    """Runs in search_runs' layout: two lrs over seeds; one run under another protocol."""
+    rows = []
+    arms = [("0.0002", 42, 30.0, "p1"), ("0.0002", 1, 34.0, "p1"), ("0.0002", 2, 32.0, "p1"),
+            ("0.0005", 42, 20.0, "p1"), ("0.0005", 1, 22.0, "p1"), ("0.0002", 3, 90.0, "p2")]
+    for i, (lr, seed, fd, stamp) in enumerate(arms):
+        rows.append({"run_id": f"{i:032d}", "params.train.lr": lr,
+                     "params.train.seed": str(seed), "params.train.epochs": "5",
+                     "metrics.frechet_distance": fd, "metrics.recall": 0.8 + i / 100,
+                     "tags.protocol": stamp})
+    return pd.DataFrame(rows)
+
+
+def test_group_by_seed_gives_mean_std_and_n_per_arm() -> None:
+    df = compare.grouped(_seed_runs(), metrics=["recall"])
+    assert list(df.columns) == ["train.lr", "train.seed", "n", "recall", "recall_std",
+                                "frechet_distance", "frechet_distance_std"]
+    assert df["train.lr"].tolist() == ["0.0005", "0.0002", "0.0002"]  # best mean first
+    assert df["train.seed"].tolist() == ["42,1", "42,1,2", "3"]  # p2's run is apart
+    assert df["n"].tolist() == [2, 3, 1]
+    assert df["frechet_distance"].tolist() == [21.0, 32.0, 90.0]
+    assert df["frechet_distance_std"].iloc[:2].tolist() == pytest.approx([2**0.5, 2.0])
+    assert np.isnan(df["frechet_distance_std"].iloc[2])  # one run: no spread
+    text = compare.format_grouped(df).splitlines()
+    assert "21 ± 1.4" in text[1] and "32 ± 2" in text[2] and text[3].split()[-1] == "90"
+
+
+def test_group_by_unknown_param_is_one_line() -> None:
+    with pytest.raises(UserError, match="unknown param 'train.sed'"):
+        compare.grouped(_seed_runs(), over="train.sed")
+
+
+def test_mixed_protocols_warn_in_one_line() -> None:
+    runs = _seed_runs()
+    warning = compare.protocol_warning(runs)
+    assert warning.startswith("warning: these runs were measured under 2 protocols (p1 | p2)")
+    assert "\n" not in warning
+    assert compare.protocol_warning(runs[runs["tags.protocol"] == "p1"]) is None
+    assert compare.protocol_warning(runs.drop(columns="tags.protocol")) is None
+
+
+def test_cli_group_by(capsys: pytest.CaptureFixture, store: str) -> None:
+    out, err = run_cli(capsys, "--dataset", "mnist-5k", "--group-by")
+    lines = out.splitlines()
+    assert lines[0].startswith(f"# 3 groups of 3 finished runs in {store}")
+    assert lines[1].split()[:3] == ["train.lr", "train.seed", "n"]
+    assert err == ""  # the runs carry no protocol stamps: nothing to warn about

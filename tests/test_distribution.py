@@ -122,12 +122,13 @@ from dcgan.core.seeding import seed_everything
 def one_step(kind, update):
     role = make_strategy(kind)  # DCGAN_VIRTUAL_CPUS=2: mirrored has two replicas
     cfg = TrainConfig(batch_size=16, latent_dim=8, g_filters=8, d_filters=8, seed=3,
-                      update=update)
+                      update=update, ema_half_life=64)  # the EMA too: once per step
     seed_everything(cfg.seed)
     gan = build_gan(cfg, (16, 16, 1), role.strategy)
     images = np.random.default_rng(0).uniform(-1, 1, (16, 16, 16, 1)).astype("float32")
     logs = gan.fit(tf.data.Dataset.from_tensors(images), epochs=1, verbose=0).history
-    weights = [w.numpy() for w in gan.generator.weights + gan.discriminator.weights]
+    weights = [w.numpy() for w in gan.generator.weights + gan.discriminator.weights
+               + gan.sampler.weights]
     synced = [getattr(layer, "synchronized") for layer in gan.generator.layers
               if hasattr(layer, "synchronized")]
     return role.replicas, {k: v[0] for k, v in logs.items()}, weights, synced
@@ -165,6 +166,7 @@ def _stage_train(repo: Path, params: Path, out: Path, env: dict[str, str]) -> su
             "--generator", f"{out}/g.keras", "--discriminator", f"{out}/d.keras",
             "--history", f"{out}/history.csv", "--quality", f"{out}/quality.csv",
             "--grids", f"{out}/grids", "--gif", f"{out}/progress.gif",
+            "--generator-last", f"{out}/g_last.keras", "--selection", f"{out}/selection.json",
             "--run-file", f"{out}/run.json", "--checkpoints", f"{out}/checkpoints"]
     return subprocess.Popen([sys.executable, "stages/train.py", *args], cwd=repo, env=env,
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -20,7 +20,7 @@ import pytest
 
 from dcgan.core.config import EvaluateConfig
 from dcgan.core.errors import UserError
-from dcgan.core.outputs import rounded
+from dcgan.core.outputs import file_md5, rounded
 from dcgan.dataset.imagestore import ImageArray, NpyWriter, open_dataset, scale
 from dcgan.evaluation import neighbours
 from dcgan.evaluation.evaluate import blurred, evaluate, evaluate_generator, pixel_shuffled
@@ -217,6 +217,22 @@ def test_stage_writes_json_with_floats_rounded(stage_files):
         result["floor"]["frechet_distance"], rel=1e-5)
     assert all(v == float(f"{v:.6g}") for v in flatten_metrics(written).values())
     assert any(v != float(f"{v:.5g}") for v in flatten_metrics(written).values())
+
+
+def test_metrics_carry_their_protocol_and_the_kept_generator(stage_files, tmp_path: Path):
+    files = stage_files
+    selection = tmp_path / "selection.json"
+    selection.write_text(json.dumps({"generator": "ema", "kept": "best", "epoch": 35,
+                                     "frechet_distance": 9.5, "stopped_early": None,
+                                     "last_epoch": 40}))
+    written = evaluate(CFG, **files, selection_file=selection)
+    assert written["protocol"] == {"classifier_md5": file_md5(files["classifier_path"]),
+                                   "n": 30, "reference": "test", "seed": CFG.seed}
+    assert written["kept"] == {"generator": "ema", "kept": "best", "epoch": 35,
+                               "frechet_distance": 9.5, "stopped_early": None}
+    selection.write_text("{not json")
+    with pytest.raises(UserError, match="selection.json: cannot read it .*dvc repro train"):
+        evaluate(CFG, **files, selection_file=selection)
 
 
 def test_stage_error_leaves_no_json(stage_files):

@@ -62,7 +62,8 @@ def test_repro_writes_every_output(clone: Path, first_repro: str) -> None:
     assert set(probe["probe"]["100"]) == {"discriminator", "random_discriminator", "pixels"}
     assert 0 <= probe["probe_accuracy"] <= 1
     quality = (clone / "data/train/quality.csv").read_text().splitlines()
-    assert quality[0] == "epoch,frechet_distance" and len(quality) == 3
+    assert quality[0] == "epoch,frechet_distance,frechet_distance_raw" and len(quality) == 3
+    assert metrics["protocol"]["n"] == 64 and metrics["kept"]["epoch"] in (1, 2)
 
 
 @pytest.mark.slow

@@ -33,7 +33,10 @@ PARAMS = {"fetch.dataset": "mnist-5k", "preprocess.image_size": 4, "train.arch":
 TAGS = {"dataset": "mnist-5k", "data_md5": "d" * 32 + ".dir", "arch": "paper",
         "precision": "float32"}
 METRICS = {"frechet_distance": 12.5, "kid": 0.25, "floor": {"frechet_distance": 1.5},
-           "modes_covered": None}
+           "modes_covered": None,
+           "protocol": {"classifier_md5": "c" * 32, "n": 1000, "reference": "test", "seed": 0},
+           "kept": {"generator": "ema", "kept": "best", "epoch": 2, "frechet_distance": 25.25,
+                    "stopped_early": None}}
 PROBE = {"probe_accuracy": 0.75, "probe_train_size": 100,
          "probe": {"100": {"discriminator": 0.75, "pixels": 0.5}}}
 
@@ -120,6 +123,11 @@ def test_a_store_without_the_run_gets_a_complete_one(store: MlflowClient, tmp_pa
     metrics = run.data.metrics
     assert metrics["frechet_distance"] == 12.5 and metrics["floor.frechet_distance"] == 1.5
     assert metrics["probe.100.pixels"] == 0.5 and "modes_covered" not in metrics
+    # What the metrics were measured under, and which epoch's generator: tags, not metrics.
+    assert run.data.tags["protocol"] == "classifier cccccccc, N 1000, test, seed 0"
+    assert run.data.tags["protocol.classifier_md5"] == "c" * 32
+    assert not [k for k in metrics if k.startswith("protocol")]
+    assert metrics["kept.epoch"] == 2 and run.data.tags["kept"] == "best ema generator, epoch 2"
     artifacts = _counts(store, run.info.run_id)["artifacts"]
     assert {"train/history.csv", "train/quality.csv", "train/p.gif", "train/d.keras",
             "generate/grid.png", "generate/interpolation.png"} <= set(artifacts)

@@ -391,9 +391,12 @@ def _tiny_generator() -> keras.Model:
                              keras.layers.Reshape((4, 4, 1))])
 
 
-def _registered_run(tmp_path: Path, dataset: str, fd: float | None, fail: bool = False) -> str:
-    """A run with a registered generator and, after it closes, a Fréchet distance."""
-    with contextlib.suppress(RuntimeError), RunLog.open({}, {"dataset": dataset}) as log:
+def _registered_run(tmp_path: Path, dataset: str, fd: float | None, fail: bool = False,
+                    protocol: str | None = None) -> str:
+    """A run with a registered generator and, after it closes, a Fréchet distance (measured
+    under `protocol`, a tag)."""
+    tags = {"dataset": dataset, **({"protocol": protocol} if protocol else {})}
+    with contextlib.suppress(RuntimeError), RunLog.open({}, tags) as log:
         registry.log_generator(log.run_id, _tiny_generator(), {"dataset": dataset})
         if fd is not None:
             log.metrics({"frechet_distance": fd})
@@ -442,3 +445,17 @@ def test_best_alias_moves_to_the_lowest_frechet_distance(store: str, tmp_path: P
         registry.promote_best(run_id)
         assert _alias_run(store, "digits") == better
     assert _alias_run(store, "faces") == other
+
+
+def test_best_alias_compares_runs_of_one_protocol(store: str, tmp_path: Path) -> None:
+    first = _registered_run(tmp_path, "glyphs", 5.0, protocol="classifier aaaa, N 1000")
+    registry.promote_best(first)
+    # A lower score from another classifier does not compare: the alias stays.
+    other = _registered_run(tmp_path, "glyphs", 1.0, protocol="classifier bbbb, N 1000")
+    registry.promote_best(first)
+    assert _alias_run(store, "glyphs") == first
+    better = _registered_run(tmp_path, "glyphs", 4.0, protocol="classifier aaaa, N 1000")
+    registry.promote_best(better)
+    assert _alias_run(store, "glyphs") == better
+    registry.promote_best(other)  # promoting under its own protocol: it is the best there
+    assert _alias_run(store, "glyphs") == other

@@ -37,13 +37,14 @@ from dcgan.tracking.sync import SyncPaths, sync
 from dcgan.training.checkpoints import checkpoint_dir
 from dcgan.training.commit import GRID_ROWS, EpochCommit, EpochRecord, history_row, write_row
 from dcgan.training.guards import CollapseWatch
+from dcgan.training.selection import Selection
 from dcgan.training.train import TrainOutputs, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "preprocess": {"image_size": 16},
     "train": {"epochs": 2, "batch_size": 16, "latent_dim": 8, "g_filters": 8, "d_filters": 8,
-              "eval_every": 1},
+              "eval_every": 1, "ema_half_life": 64, "keep_best": True},
 }
 METRICS = {"d_loss", "g_loss", "d_real", "d_fake"}  # per epoch, in history.csv and MLflow
 
@@ -76,11 +77,13 @@ def classifier_file(root: Path) -> Path:
 def outputs(root: Path) -> TrainOutputs:
     return TrainOutputs(
         generator=root / "models" / "generator.keras",
+        generator_last=root / "models" / "generator_last.keras",
         discriminator=root / "models" / "discriminator.keras",
         history=root / "reports" / "history.csv",
         quality=root / "reports" / "quality.csv",
         grids=root / "reports" / "grids",
         gif=root / "reports" / "progress.gif",
+        selection=root / "reports" / "selection.json",
         run_file=root / "models" / "run.json",
         checkpoints=root / "checkpoints",
     )
@@ -237,7 +240,7 @@ def test_mlflow_artifacts(trained, synced) -> None:
 
 def test_quality_csv_and_step_metric(trained) -> None:
     quality = pd.read_csv(trained.out.quality)
-    assert quality.columns.tolist() == ["epoch", "frechet_distance"]
+    assert quality.columns.tolist() == ["epoch", "frechet_distance", "frechet_distance_raw"]
     assert quality["epoch"].tolist() == [1, 2]  # eval_every 1
     assert np.isfinite(quality["frechet_distance"]).all()
     assert (quality["frechet_distance"] > 0).all()
@@ -246,6 +249,11 @@ def test_quality_csv_and_step_metric(trained) -> None:
     logged = sorted((m.step, m.value) for m in history)
     assert [step for step, _ in logged] == [1, 2]
     assert [v for _, v in logged] == pytest.approx(quality["frechet_distance"].tolist())
+    raw = trained.client.get_metric_history(trained.result["run_id"],
+                                            "epoch_frechet_distance_raw")
+    raw = sorted((m.step, m.value) for m in raw)
+    assert [step for step, _ in raw] == [1, 2]
+    assert [v for _, v in raw] == pytest.approx(quality["frechet_distance_raw"].tolist())
 
 
 @pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # dead ReLU features
@@ -264,7 +272,7 @@ def test_quality_point_matches_an_independent_computation(trained) -> None:
     noise = rng.standard_normal((n, 8)).astype(np.float32)
     features = feature_extractor(keras.saving.load_model(trained.root / "models" /
                                                          "classifier.keras"))
-    fake = keras.saving.load_model(trained.out.generator).predict(noise, verbose=0)
+    fake = keras.saving.load_model(trained.out.generator_last).predict(noise, verbose=0)
     f1, f2 = (features.predict(x, verbose=0).astype(np.float64) for x in (fake, real))
     s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
     diff = f1.mean(0) - f2.mean(0)
@@ -280,12 +288,12 @@ def test_quality_every_n_epochs_and_off(trained, tmp_path: Path) -> None:
     out, error = _train_in(tmp_path / "every2", params=every2)
     assert error is None
     assert pd.read_csv(out.quality)["epoch"].tolist() == [2]
-    off = {**TINY, "train": {**TINY["train"], "eval_every": 0}}
+    off = {**TINY, "train": {**TINY["train"], "eval_every": 0, "keep_best": False}}
     out, error = _train_in(tmp_path / "off", params=off)
     assert error is None
-    assert out.quality.read_text() == "epoch,frechet_distance\n"
-    for a, b in zip(generator_weights(trained.out.generator), generator_weights(out.generator),
-                    strict=True):
+    assert out.quality.read_text() == "epoch,frechet_distance,frechet_distance_raw\n"
+    for a, b in zip(generator_weights(trained.out.generator_last),
+                    generator_weights(out.generator), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -378,7 +386,8 @@ def test_train_is_reproducible(trained, tmp_path: Path) -> None:
                     strict=True):
         np.testing.assert_array_equal(a, b)
     # Every output, byte for byte: DVC records the same md5s.
-    for name in ("generator", "discriminator", "history", "quality", "gif", "run_file"):
+    for name in ("generator", "generator_last", "discriminator", "history", "quality", "gif",
+                 "selection", "run_file"):
         assert (file_md5(getattr(trained.out, name)) ==
                 file_md5(getattr(out, name))), name
     assert ([p.read_bytes() for p in sorted(trained.out.grids.iterdir())] ==
@@ -452,8 +461,10 @@ def test_resume_restores_without_skipped_variables(resumed) -> None:
 
 
 def test_resumed_run_matches_an_uninterrupted_one(trained, resumed) -> None:
-    # Weights, Adam state, RNG states and data order all continue: the same bytes.
-    for name in ("generator", "discriminator", "history", "quality", "gif"):
+    # Weights (G's moving average too), Adam state, RNG states, data order and the best
+    # epoch so far all continue: the same bytes.
+    for name in ("generator", "generator_last", "discriminator", "history", "quality", "gif",
+                 "selection"):
         assert (file_md5(getattr(trained.out, name)) ==
                 file_md5(getattr(resumed.out, name))), name
 
@@ -510,13 +521,14 @@ def test_epoch_commit_order_grid_guard_history_quality_log_checkpoint(tmp_path: 
 
     record = EpochRecord(progress, Run(calls, "log"), np.zeros((GRID_ROWS**2, 4), np.float32),
                          CollapseWatch(0, 0.05), images_per_epoch=100,
+                         selection=Selection(keep_best=False, patience=0),
                          quality=lambda g: calls.append(("quality", "score")) or 3.14159265,
                          eval_every=1)
     commit = EpochCommit(_Recorder(calls, "checkpoint"), _Recorder(calls, "guard", grid_first),
                          record)
     generator = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16),
                                   keras.layers.Reshape((4, 4, 1))])
-    commit.set_model(SimpleNamespace(generator=generator))
+    commit.set_model(SimpleNamespace(generator=generator, sampler=generator, average=None))
     commit.set_params({"epochs": 2})
     commit.on_epoch_begin(0)
     time.sleep(0.05)
@@ -526,8 +538,8 @@ def test_epoch_commit_order_grid_guard_history_quality_log_checkpoint(tmp_path: 
                                      "checkpoint"]
     assert calls[2] == ("log", ("d_loss", "g_loss")) and calls[3] == ("log", ("images_per_sec",))
     assert progress.history.read_text().splitlines() == ["epoch,d_loss,g_loss", "1,2.0,1.23457"]
-    assert progress.quality.read_text().splitlines() == ["epoch,frechet_distance",
-                                                         "1,3.14159"]
+    assert progress.quality.read_text().splitlines() == [
+        "epoch,frechet_distance,frechet_distance_raw", "1,3.14159,3.14159"]
 
 
 def test_history_rows_start_fresh_append_and_round(tmp_path: Path) -> None:

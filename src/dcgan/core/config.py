@@ -13,21 +13,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from dcgan.core.errors import UserError
+from dcgan.core.train_config import ARCH_ADAM, Section, TrainConfig
 
 DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "folder")
-# The optimiser each architecture was published with: (learning rate, Adam beta1).
-ARCH_ADAM = {"paper": (2e-4, 0.5), "tutorial": (1e-4, 0.9)}
+__all__ = ["ARCH_ADAM", "Params", "TrainConfig", "flatten", "load_params", "parse_params"]
 
 
-class _Section(BaseModel):
-    # strict: YAML already gives typed values, so "10" for an int is a mistake, not a number.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class FetchConfig(_Section):
+class FetchConfig(Section):
     dataset: Literal[DATASETS] = Field("mnist-5k", description="which dataset to fetch")
     folder: str = Field(
         "data/images", description="directory, .zip or .tar of images (dataset: folder)"
@@ -48,7 +43,7 @@ class FetchConfig(_Section):
         return self
 
 
-class PreprocessConfig(_Section):
+class PreprocessConfig(Section):
     image_size: int = Field(28, ge=8, le=256, description="side of the square training images")
     channels: Literal[1, 3] | None = Field(
         None, description="convert to 1 (grey) or 3 (RGB) channels; null keeps the dataset's"
@@ -60,75 +55,21 @@ class PreprocessConfig(_Section):
     )
 
 
-class ClassifierConfig(_Section):
+class ClassifierConfig(Section):
     epochs: int = Field(5, ge=1, le=1000, description="epochs of the evaluation classifier")
     batch_size: int = Field(128, ge=1, le=65536, description="classifier batch size")
     feature_dim: int = Field(64, ge=2, le=4096, description="width of its penultimate layer")
     seed: int = Field(0, ge=0, description="seed of classifier training")
 
 
-class TrainConfig(_Section):
-    arch: Literal["paper", "tutorial"] = Field(
-        "paper", description="paper: Radford et al. 2015 guidelines; tutorial: the TF tutorial"
-    )
-    epochs: int = Field(60, ge=1, le=100000, description="training epochs")
-    batch_size: int = Field(128, ge=1, le=65536, description="images per training step")
-    lr: float | None = Field(
-        None, gt=0, le=1, description="Adam learning rate; null = the arch's (paper 2e-4)"
-    )
-    beta1: float | None = Field(
-        None, ge=0, lt=1, description="Adam beta1; null = the arch's (paper 0.5)"
-    )
-    latent_dim: int = Field(100, ge=1, le=4096, description="size of the noise vector z")
-    g_filters: int = Field(64, ge=1, le=2048, description="paper arch: G's last hidden width")
-    d_filters: int = Field(64, ge=1, le=2048, description="paper arch: D's first layer width")
-    seed: int = Field(42, ge=0, description="seed of weights, noise and data order")
-    precision: Literal["auto", "float32", "mixed_bfloat16"] = Field(
-        "auto", description="Keras dtype policy; auto: mixed_bfloat16 where bfloat16 is "
-                            "native (GPU sm_80+, CPU AVX512_BF16 or AMX), else float32"
-    )
-    update: Literal["alternating", "simultaneous"] = Field(
-        "alternating",
-        description="alternating: D's step, then G's on fresh noise (two G forward passes); "
-                    "simultaneous: both from one G forward pass, as the TF tutorial",
-    )
-    steps_per_execution: int = Field(
-        1, ge=1, le=1000, description="train steps per call of the compiled train function"
-    )
-    distribution: Literal["auto", "none", "mirrored", "multi_worker"] = Field(
-        "auto",
-        description="auto: all local GPUs if several, else one device; none: one device; "
-                    "mirrored: tf.distribute.MirroredStrategy over local devices; "
-                    "multi_worker: MultiWorkerMirroredStrategy, cluster from TF_CONFIG",
-    )
-    eval_every: int = Field(
-        5, ge=0, le=100000,
-        description="Fréchet distance of a fixed sample every this many epochs; 0 = off",
-    )
-    collapse_patience: int = Field(
-        5, ge=0, le=100000,
-        description="warn when D's loss stays below collapse_d_loss this many epochs; 0 = off",
-    )
-    collapse_d_loss: float = Field(
-        0.05, gt=0, le=10, description="a D loss below this counts towards collapse"
-    )
-
-    @property
-    def adam(self) -> tuple[float, float]:
-        """The (learning rate, beta1) in force: the params', else the arch's."""
-        lr, beta1 = ARCH_ADAM[self.arch]
-        return (self.lr if self.lr is not None else lr,
-                self.beta1 if self.beta1 is not None else beta1)
-
-
-class GenerateConfig(_Section):
+class GenerateConfig(Section):
     num_samples: int = Field(1000, ge=1, le=1_000_000, description="samples written to disk")
     seed: int = Field(123, ge=0, description="seed of the sampled noise")
     grid_rows: int = Field(8, ge=1, le=32, description="rows (and columns) of the sample grid")
     interp_steps: int = Field(10, ge=2, le=64, description="images per latent-interpolation row")
 
 
-class EvaluateConfig(_Section):
+class EvaluateConfig(Section):
     batch_size: int = Field(256, ge=1, le=65536, description="batch of feature extraction")
     seed: int = Field(0, ge=0, description="seed of subsampling, KID subsets and the ceilings")
     kid_subsets: int = Field(100, ge=1, le=10000, description="random subsets KID averages over")
@@ -146,7 +87,7 @@ class EvaluateConfig(_Section):
     )
 
 
-class ProbeConfig(_Section):
+class ProbeConfig(Section):
     train_sizes: list[Annotated[int, Field(ge=2)]] = Field(
         [100, 1000], min_length=1, max_length=10,
         description="labelled training images the linear probe is fitted on (each size)",
@@ -154,7 +95,7 @@ class ProbeConfig(_Section):
     seed: int = Field(0, ge=0, description="seed of the labelled subsets and the random D")
 
 
-class Params(_Section):
+class Params(Section):
     fetch: FetchConfig = FetchConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     classifier: ClassifierConfig = ClassifierConfig()
@@ -291,6 +232,9 @@ def flatten(params: Params, sections: tuple[str, ...] | None = None) -> dict[str
     for section, values in params.model_dump().items():
         if sections is None or section in sections:
             flat.update({f"{section}.{key}": value for key, value in values.items()})
-    if "train.lr" in flat:
-        flat["train.lr"], flat["train.beta1"] = params.train.adam
+    if "train.lr" in flat:  # the values in force, where params.yaml says null
+        train = params.train
+        flat["train.lr"], flat["train.beta1"] = train.adam
+        flat["train.g_lr"], flat["train.g_beta1"] = train.optimiser("g")
+        flat["train.d_lr"], flat["train.d_beta1"] = train.optimiser("d")
     return flat

@@ -25,6 +25,7 @@ all five image sets together (`neighbours.nearest_in_blocks`).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from scipy.special import softmax
 
 from dcgan.core.config import EvaluateConfig
 from dcgan.core.errors import UserError
-from dcgan.core.outputs import write_json
+from dcgan.core.outputs import file_md5, write_json
 from dcgan.dataset.batches import images_at
 from dcgan.dataset.imagestore import ImageArray, open_dataset
 from dcgan.evaluation import coverage, metrics, neighbours
@@ -240,8 +241,25 @@ def _inception(cfg: EvaluateConfig, samples: np.ndarray, real_test: Images) -> d
                                        cfg.batch_size)
 
 
+def protocol(classifier_path: Path, n: int, seed: int) -> dict:
+    """What a metric set was measured against: scores are comparable only under one."""
+    return {"classifier_md5": file_md5(classifier_path), "n": n, "reference": "test",
+            "seed": seed}
+
+
+def kept(selection_file: Path) -> dict:
+    """Which of training's generators was evaluated: train's selection.json, in short."""
+    try:
+        selection = json.loads(Path(selection_file).read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{selection_file}: cannot read it ({err}); run the train stage "
+                        "(`dvc repro train`)") from None
+    return {k: selection.get(k) for k in ("generator", "kept", "epoch", "frechet_distance",
+                                         "stopped_early")}
+
+
 def evaluate(cfg: EvaluateConfig, data_file: Path, samples_file: Path, classifier_path: Path,
-             metrics_file: Path) -> dict:
+             metrics_file: Path, selection_file: Path | None = None) -> dict:
     """The evaluate stage: score samples and write the DVC metrics JSON (which the sync step
     shows in the generator's MLflow run).
 
@@ -250,14 +268,17 @@ def evaluate(cfg: EvaluateConfig, data_file: Path, samples_file: Path, classifie
         data_file: preprocess's dataset directory (`imagestore.open_dataset`).
         samples_file, classifier_path: the generate stage's samples and the classifier.
         metrics_file: the metrics JSON to write.
+        selection_file: train's selection.json, to say which epoch's generator this is.
 
     Returns:
         The metrics of `evaluate_generator`, plus classifier_accuracy (None for
-        unlabelled data) and, when `cfg.inception` is set, the Inception metrics.
+        unlabelled data), when `cfg.inception` is set the Inception metrics, the
+        `protocol` they were measured under and, with a selection file, the `kept` generator.
 
     Raises:
         UserError: if an input is missing or shapes disagree.
     """
+    delivered = kept(selection_file) if selection_file is not None else None
     data = open_dataset(data_file)
     samples = load_samples(samples_file)
     if samples.shape[1:] != data.image_shape:
@@ -271,5 +292,8 @@ def evaluate(cfg: EvaluateConfig, data_file: Path, samples_file: Path, classifie
                                              cfg.batch_size)
     if cfg.inception is not None:
         result["inception"] = _inception(cfg, samples, data.test_x)
+    result["protocol"] = protocol(classifier_path, result["frechet_samples"], cfg.seed)
+    if delivered is not None:
+        result["kept"] = delivered
     write_json(result, metrics_file)
     return result

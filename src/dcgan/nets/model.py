@@ -13,6 +13,7 @@ from keras import layers, ops
 
 from dcgan.core.config import TrainConfig
 from dcgan.nets.architectures import Discriminator, Generator
+from dcgan.nets.ema import average_of, ema_beta, update_average
 from dcgan.nets.replicas import across_replicas, replica_slice, step_logs
 
 
@@ -21,13 +22,19 @@ class DCGAN(keras.Model):
 
     Tracks per step: `d_loss`, `g_loss`, and `d_real` / `d_fake`, the mean of
     D(x) and D(G(z)) as probabilities (0.5 both when D cannot tell).
+
+    With `average` (a copy of G, `nets.ema.average_of`), every step after G's update also
+    moves it towards G: `ema` is (half-life in images, rampup), `batch` the global batch.
+    `sampler` is the generator to draw samples from: the average if kept, else G.
     """
 
     def __init__(self, generator: keras.Model, discriminator: keras.Model, latent_dim: int,
-                 seed: int, update: str = "alternating", **kwargs):
+                 seed: int, update: str = "alternating", average: keras.Model | None = None,
+                 ema: tuple[float, float | None] = (0, None), batch: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.generator = generator
         self.discriminator = discriminator
+        self.average, self.ema_schedule, self.batch = average, ema, batch
         self.latent_dim = latent_dim
         self.update = update  # "alternating" or "simultaneous": see train_step
         self.d_has_batchnorm = any(isinstance(layer, layers.BatchNormalization)
@@ -63,6 +70,11 @@ class DCGAN(keras.Model):
 
     def call(self, z: tf.Tensor, training: bool = False) -> tf.Tensor:
         return self.generator(z, training=training)
+
+    @property
+    def sampler(self) -> keras.Model:
+        """The generator samples come from: G's moving average where kept, else G."""
+        return self.average if self.average is not None else self.generator
 
     def sample_noise(self, n: int | tf.Tensor) -> tf.Tensor:
         return keras.random.normal((n, self.latent_dim), seed=self.noise_seed)
@@ -105,6 +117,10 @@ class DCGAN(keras.Model):
             d_loss, g_loss, real_logits, fake_logits = self._simultaneous_step(real, ones, zeros)
         else:
             d_loss, g_loss, real_logits, fake_logits = self._alternating_step(real, ones, zeros)
+        if self.average is not None:  # G has taken its step: the average follows
+            images_before = (self.g_optimizer.iterations - 1) * self.batch
+            update_average(self.average, self.generator, ema_beta(images_before, self.batch,
+                                                                  *self.ema_schedule))
         # Each replica's losses are its share of the global mean; the trackers get the
         # whole, identical on every replica (one device: the values themselves).
         self.d_loss_tracker.update_state(across_replicas(d_loss, "sum"))
@@ -174,13 +190,18 @@ def build_gan(cfg: TrainConfig, image_shape: tuple[int, int, int],
     strategy = strategy or tf.distribute.get_strategy()
     sync_bn = strategy.num_replicas_in_sync > 1
     with strategy.scope():
-        gan = DCGAN(Generator(cfg, image_shape, sync_bn), Discriminator(cfg, image_shape, sync_bn),
-                    cfg.latent_dim, seed=cfg.seed, update=cfg.update, name="dcgan")
+        generator = Generator(cfg, image_shape, sync_bn)
+        discriminator = Discriminator(cfg, image_shape, sync_bn)
+        # Made after both nets, so G and D start from the same weights with or without it.
+        average = average_of(generator) if cfg.ema else None
+        gan = DCGAN(generator, discriminator, cfg.latent_dim, seed=cfg.seed, update=cfg.update,
+                    average=average, ema=(cfg.ema_half_life, cfg.ema_rampup),
+                    batch=cfg.batch_size, name="dcgan")
         gan(ops.zeros((1, cfg.latent_dim)))  # build, so checkpoints can be restored into it
-        lr, beta1 = cfg.adam
+        (g_lr, g_beta1), (d_lr, d_beta1) = cfg.optimiser("g"), cfg.optimiser("d")
         gan.compile(
-            g_optimizer=keras.optimizers.Adam(lr, beta_1=beta1, name="g_adam"),
-            d_optimizer=keras.optimizers.Adam(lr, beta_1=beta1, name="d_adam"),
+            g_optimizer=keras.optimizers.Adam(g_lr, beta_1=g_beta1, name="g_adam"),
+            d_optimizer=keras.optimizers.Adam(d_lr, beta_1=d_beta1, name="d_adam"),
             steps_per_execution=cfg.steps_per_execution,
         )
     return gan

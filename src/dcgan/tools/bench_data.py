@@ -192,12 +192,12 @@ def train_steps(steps: int, data: str, classifier: str, generator: str, discrimi
     score = FixedSampleFD(features, dataset.test_x, cfg.latent_dim, cfg.seed)
     gan.fit(seeded.dataset.repeat(), epochs=1, steps_per_epoch=steps, callbacks=[seeded],
             shuffle=False, verbose=2)
-    fd = score(gan.generator)  # what the quality monitor scores at the epoch's end
+    fd = score(gan.sampler)  # what the quality monitor scores at the epoch's end
     tags = {"dataset": "folder", "data_md5": imagestore.dataset_md5(Path(data)),
             "arch": cfg.arch}
     logged = config.flatten(params, ("fetch", "preprocess", "train"))
     with RunLog.open(logged, tags, "bench-data") as run:
-        serialisation.save_model(gan.generator, Path(generator))
+        serialisation.save_model(gan.sampler, Path(generator))
         serialisation.save_model(gan.discriminator, Path(discriminator))
         md5 = file_md5(Path(generator))
         run.tags({"generator_md5": md5})

@@ -117,7 +117,7 @@ def _our_curve(data: Dataset, features: keras.Model, epochs: int, threshold: flo
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             self.seconds += time.perf_counter() - self.start
-            self.model.stop_training = score(self.model.generator, epoch + 1, self.seconds)
+            self.model.stop_training = score(self.model.sampler, epoch + 1, self.seconds)
 
     gan.fit(batches.dataset, epochs=epochs, callbacks=[batches, Score()], shuffle=False,
             verbose=0)

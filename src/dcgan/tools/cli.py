@@ -67,6 +67,9 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--csv", action="store_true",
                         help="print CSV (full precision) instead of an aligned table; the summary "
                              "line goes to stderr")
+    parser.add_argument("--group-by", metavar="PARAM", nargs="?", const="train.seed",
+                        help="one row per group of runs that differ only in PARAM (default "
+                             "train.seed): each metric's mean ± std and n")
     parser.set_defaults(handler=_compare)
 
 
@@ -83,12 +86,23 @@ def _compare(args: argparse.Namespace) -> None:
     runs = search_runs(dataset=args.dataset, finished_only=not args.all)
     if runs.empty:
         raise UserError(_no_runs(args, tracking_uri(), experiment_name()))
-    df = compare.table(runs, params=args.params, metrics=args.metrics, sort=args.sort,
-                       descending=args.desc, show_status=args.all, limit=args.limit)
+    if args.group_by:
+        df = compare.grouped(runs, over=args.group_by, metrics=args.metrics, sort=args.sort,
+                             descending=args.desc, limit=args.limit)
+        shown = runs
+    else:
+        df = compare.table(runs, params=args.params, metrics=args.metrics, sort=args.sort,
+                           descending=args.desc, show_status=args.all, limit=args.limit)
+        shown = runs[runs["run_id"].str[:8].isin(df["run_id"])]
     summary = _summary(len(df), len(runs), tracking_uri(), args)
     # With --csv, stdout stays pure CSV so it can be piped or redirected to a file.
     print(summary, file=sys.stderr if args.csv else sys.stdout)
-    print(compare.format_table(df, csv=args.csv))
+    warning = compare.protocol_warning(shown)
+    if warning:
+        print(warning, file=sys.stderr)
+    formatted = (compare.format_grouped(df, csv=args.csv) if args.group_by
+                 else compare.format_table(df, csv=args.csv))
+    print(formatted)
 
 
 def _add_rebuild(commands: argparse._SubParsersAction) -> None:
@@ -201,6 +215,8 @@ def _summary(shown: int, total: int, uri: str, args: argparse.Namespace) -> str:
     count = f"{shown} of {total}" if shown < total else str(shown)
     what = ("run" if total == 1 else "runs") if args.all else \
         ("finished run" if total == 1 else "finished runs")
+    if getattr(args, "group_by", None):
+        count = f"{shown} groups of {total}"
     where = f" (dataset {args.dataset})" if args.dataset else ""
     order = "descending" if args.desc else "ascending"
     return f"# {count} {what} in {uri}{where}, sorted by {args.sort} {order}"

@@ -63,6 +63,63 @@ def table(runs: pd.DataFrame, params: Sequence[str] | None = None,
     return out.reset_index(drop=True)
 
 
+def grouped(runs: pd.DataFrame, over: str = "train.seed", metrics: Sequence[str] | None = None,
+            sort: str = "frechet_distance", descending: bool = False,
+            limit: int | None = None) -> pd.DataFrame:
+    """One row per group of runs that differ only in the param `over` (and were measured
+    under one protocol): the params that tell groups apart, the values of `over`, `n`,
+    and each metric's mean and sample standard deviation (`<metric>_std`; NaN for n = 1).
+
+    Best group first by the mean of `sort`. Raises UserError for unknown names, as `table`.
+    """
+    _check_known("param", [over.removeprefix("params.")], _keys(runs, "params."))
+    _check_known("sort metric", [sort], _keys(runs, "metrics."))
+    over = over.removeprefix("params.")
+    params = [key for key in _choose_params(runs, None) if key != over]
+    metrics = _choose_metrics(runs, metrics, sort)
+    frame = pd.DataFrame({key: runs[f"params.{key}"].fillna("") for key in params})
+    frame["protocol"] = _column(runs, "tags.protocol").fillna("")
+    keys = [*params, "protocol"]
+    frame[over] = runs[f"params.{over}"]
+    for name in metrics:
+        frame[name] = runs[f"metrics.{name}"].astype(float)
+    groups = frame.groupby(keys, sort=False, dropna=False)
+    out = groups[over].agg(lambda values: ",".join(values.astype(str))).to_frame()
+    out["n"] = groups.size()
+    for name in metrics:
+        out[name] = groups[name].mean()
+        out[f"{name}_std"] = groups[name].std(ddof=1)
+    out = out.reset_index().drop(columns="protocol")
+    out = out.sort_values(sort, ascending=not descending, na_position="last", kind="stable")
+    return out.iloc[:limit].reset_index(drop=True)
+
+
+def format_grouped(df: pd.DataFrame, csv: bool = False) -> str:
+    """Render `grouped()`'s output: `mean ± std` with 4 significant digits, or full CSV."""
+    if csv:
+        return df.to_csv(index=False).rstrip("\n")
+    text = df.copy()
+    for name in [c.removesuffix("_std") for c in df.columns if c.endswith("_std")]:
+        text[name] = [("-" if pd.isna(m) else f"{m:.4g}" if pd.isna(s) else f"{m:.4g} ± {s:.2g}")
+                      for m, s in zip(df[name], df[f"{name}_std"], strict=True)]
+        text = text.drop(columns=f"{name}_std")
+    return text.to_string(index=False)
+
+
+def protocol_warning(runs: pd.DataFrame) -> str | None:
+    """One line when `runs` were measured under more than one protocol (the classifier,
+    N, reference split or seed of the metrics differ), else None."""
+    stamps = _column(runs, "tags.protocol")
+    if stamps.isna().all():
+        return None
+    kinds = sorted(stamps.fillna("no protocol stamp (measured before stamps)").unique())
+    if len(kinds) < 2:
+        return None
+    return (f"warning: these runs were measured under {len(kinds)} protocols "
+            f"({' | '.join(kinds)}), so their metrics do not compare; rerun `dvc repro "
+            "evaluate` on one classifier, or filter with --dataset")
+
+
 def format_table(df: pd.DataFrame, csv: bool = False) -> str:
     """Render `table()`'s output: aligned text with 4 significant digits, or full-precision CSV.
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import mlflow
 import numpy as np
 
+from dcgan.tracking import protocol
 from dcgan.tracking.store import use_store
 
 if TYPE_CHECKING:  # keras is imported where it is used, so `dcgan compare` starts fast
@@ -74,7 +75,9 @@ def best_alias(dataset: str) -> str:
 
 def promote_best(run_id: str, metric: str = "frechet_distance") -> int | None:
     """Move the alias `best_alias(<run's dataset>)` to the registered generator version
-    with the lowest `metric` among FINISHED runs of that dataset, in any experiment.
+    with the lowest `metric` among FINISHED runs of that dataset, in any experiment,
+    measured under the run's protocol (tracking.protocol): scores of another classifier,
+    N or seed do not compare.
 
     Call it after the run has closed, so that it counts as finished.
 
@@ -84,7 +87,8 @@ def promote_best(run_id: str, metric: str = "frechet_distance") -> int | None:
     """
     use_store()
     client = mlflow.MlflowClient()
-    dataset = client.get_run(run_id).data.tags.get("dataset")
+    run_tags = client.get_run(run_id).data.tags
+    dataset = run_tags.get("dataset")
     if dataset is None:
         return None
     versions = {}  # run id -> its newest registered version
@@ -94,8 +98,10 @@ def promote_best(run_id: str, metric: str = "frechet_distance") -> int | None:
         search_all_experiments=True, output_format="list",
         filter_string=f"attributes.status = 'FINISHED' and tags.dataset = '{dataset}'",
     )
+    measured_under = run_tags.get(protocol.TAG)
     scored = [(r.data.metrics[metric], r.info.start_time, r.info.run_id) for r in candidates
-              if metric in r.data.metrics and r.info.run_id in versions]
+              if metric in r.data.metrics and r.info.run_id in versions
+              and r.data.tags.get(protocol.TAG) == measured_under]
     if not scored:
         return None
     best_run = min(scored)[2]  # ties: the earlier run keeps the alias

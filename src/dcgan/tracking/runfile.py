@@ -55,3 +55,10 @@ def default_run_name(params: dict) -> str:
     """A run's name outside a DVC experiment, before the commit: `paper-mnist-5k-28px`."""
     return (f"{params.get('train.arch')}-{params.get('fetch.dataset')}-"
             f"{params.get('preprocess.image_size')}px")
+
+
+def kept_tag(selection: dict) -> dict[str, str]:
+    """The `kept` run tag: which generator train delivered (train's selection.json, or the
+    `kept` entry of metrics.json), e.g. `best ema generator, epoch 35`."""
+    return {"kept": f"{selection.get('kept')} {selection.get('generator')} generator, "
+                    f"epoch {selection.get('epoch')}"}

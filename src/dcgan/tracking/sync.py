@@ -31,8 +31,8 @@ from PIL import Image
 
 from dcgan.core.errors import UserError
 from dcgan.core.outputs import file_md5
-from dcgan.tracking import queries, registry
-from dcgan.tracking.runfile import default_run_name, read_run_file
+from dcgan.tracking import protocol, queries, registry
+from dcgan.tracking.runfile import default_run_name, kept_tag, read_run_file
 from dcgan.tracking.runlog import RunLog
 
 
@@ -83,15 +83,18 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _train_part(log: RunLog, paths: SyncPaths) -> int:
-    """History, quality curve and epoch grids, by epoch; the train files as artifacts."""
+def _train_part(log: RunLog, paths: SyncPaths, ema: bool) -> int:
+    """History, quality curve (G's moving average and G, with `ema`) and epoch grids, by
+    epoch; the train files as artifacts."""
     logged = 0
     for row in _rows(paths.history):
         epoch = int(row.pop("epoch"))
         logged += log.metrics({k: float(v) for k, v in row.items()}, step=epoch)
     for row in _rows(paths.quality):
-        logged += log.metrics({"epoch_frechet_distance": float(row["frechet_distance"])},
-                              step=int(row["epoch"]))
+        scores = {"epoch_frechet_distance": float(row["frechet_distance"])}
+        if ema and row.get("frechet_distance_raw"):
+            scores["epoch_frechet_distance_raw"] = float(row["frechet_distance_raw"])
+        logged += log.metrics(scores, step=int(row["epoch"]))
     for grid in sorted(paths.grids.glob("epoch_*.png")):
         with Image.open(grid) as image:
             logged += log.image(np.asarray(image), "epoch_grid", int(grid.stem.split("_")[1]))
@@ -110,7 +113,13 @@ def _downstream_part(log: RunLog, paths: SyncPaths, lock: _Lock, md5: str) -> in
         logged += log.artifacts([p for p in pictures if p.exists()], "generate")
     samples = lock.md5("generate", "outs", paths.generated)
     if from_this and lock.produced("evaluate", paths.metrics, paths.generated, samples):
-        logged += log.metrics(_json(paths.metrics))
+        metrics = _json(paths.metrics)
+        measured_under = metrics.pop("protocol", None)
+        logged += log.metrics(metrics)  # numbers only: kept.epoch, not kept.generator
+        if measured_under:
+            log.tags(protocol.tags(measured_under))
+        if metrics.get("kept"):
+            log.tags(kept_tag(metrics["kept"]))
     else:
         _stale(paths.metrics)
     trained = lock.md5("train", "outs", paths.discriminator)
@@ -156,7 +165,7 @@ def sync(paths: SyncPaths) -> dict:
     name = default_run_name(record.params)
     with RunLog.open(record.params, tags, name,
                      resume=runs[0].info.run_id if runs else None) as log:
-        logged = _train_part(log, paths)
+        logged = _train_part(log, paths, bool(record.params.get("train.ema_half_life")))
         logged += _downstream_part(log, paths, lock, record.generator_md5)
         versions = registry.versions_of(log.run_id)
         if not versions:

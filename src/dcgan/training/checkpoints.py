@@ -76,7 +76,9 @@ class Progress:
     grids: Path
     gif: Path
     generator: Path
+    generator_last: Path
     discriminator: Path
+    selection: Path
 
     @classmethod
     def inside(cls, directory: Path, outputs: object) -> Progress:

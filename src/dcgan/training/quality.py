@@ -26,7 +26,7 @@ class FixedSampleFD:
                  latent_dim: int, seed: int, batch_size: int = 256):
         self.features, self.batch_size = features, batch_size
         rng = np.random.default_rng([seed, 1])  # a stream apart from the grid's noise
-        n = min(QUALITY_SAMPLES, len(real_test))
+        self.n = n = min(QUALITY_SAMPLES, len(real_test))
         real = real_test[np.sort(rng.choice(len(real_test), size=n, replace=False))]
         self.real_stats = gaussian_stats(self._forward(self.features, real))
         self.noise = rng.standard_normal((n, latent_dim)).astype(np.float32)

@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from dcgan.core.config import Params, TrainConfig, flatten
 from dcgan.core.errors import UserError
-from dcgan.core.outputs import file_md5
+from dcgan.core.outputs import file_md5, rounded, write_json
 from dcgan.core.seeding import seed_everything
 from dcgan.dataset.batches import SeededBatches
 from dcgan.dataset.imagestore import Dataset, dataset_md5, open_dataset
@@ -38,7 +38,7 @@ from dcgan.features.classifier import feature_extractor
 from dcgan.nets.model import build_gan
 from dcgan.nets.serialisation import load_model, save_model
 from dcgan.sampling.images import make_gif
-from dcgan.tracking.runfile import RunRecord, default_run_name, write_run_file
+from dcgan.tracking.runfile import RunRecord, default_run_name, kept_tag, write_run_file
 from dcgan.tracking.runlog import RunLog
 from dcgan.tracking.store import check_store
 from dcgan.training.checkpoints import (
@@ -52,6 +52,7 @@ from dcgan.training.commit import GRID_ROWS, EpochCommit, EpochRecord
 from dcgan.training.distribution import Role, agree, lost_contact, make_strategy
 from dcgan.training.guards import CollapseWatch, DivergenceGuard
 from dcgan.training.quality import FixedSampleFD
+from dcgan.training.selection import BEST, Selection, stopped_at
 
 
 def _path(help: str) -> Path:  # noqa: A002 (the argparse word)
@@ -63,12 +64,16 @@ class TrainOutputs:
     """Where train writes. Each field is an option of the train stage (`--run-file`), which
     dvc.yaml passes from its `paths`: every path is written once."""
 
-    generator: Path = _path("G as .keras")
+    generator: Path = _path("the generator delivered (.keras): G's moving average where kept, "
+                            "of the best epoch with train.keep_best, else of the last")
+    generator_last: Path = _path("the same generator of the last epoch (.keras)")
     discriminator: Path = _path("D as .keras")
     history: Path = _path("per-epoch losses and D outputs (CSV)")
     quality: Path = _path("Fréchet distance over training (CSV)")
     grids: Path = _path("directory of the per-epoch sample grids")
     gif: Path = _path("the grids as an animation")
+    selection: Path = _path("which epoch's generator was delivered, its score, and why "
+                            "training stopped early (JSON)")
     run_file: Path = _path("the generator's md5, params and tags, for the sync step")
     checkpoints: Path = _path("directory of the checkpoints to resume from")
 
@@ -97,6 +102,9 @@ def _prepare(params: Params, data_file: Path, out: TrainOutputs) -> Setup:
     data = open_dataset(data_file)
     data_md5 = dataset_md5(data_file)
     _replica_batch(cfg.batch_size, role)
+    if cfg.early_stop_patience and role.kind == "multi_worker":
+        raise UserError("train.early_stop_patience works on one machine only (the workers "
+                        "would have to agree on each stop); set it to 0 under multi_worker")
     # Seeds first: the initial weights and the noise draw from them.
     policy = seed_everything(cfg.seed, cfg.precision)
     batches = SeededBatches(data.train_x, cfg.batch_size, cfg.seed)
@@ -115,11 +123,13 @@ def _record(setup: Setup, classifier_path: Path, progress: Progress, run: RunLog
     noise = np.random.default_rng(cfg.seed).standard_normal((GRID_ROWS**2, cfg.latent_dim))
     record = EpochRecord(progress, run, noise.astype(np.float32),
                          CollapseWatch(cfg.collapse_patience, cfg.collapse_d_loss),
-                         setup.steps * cfg.batch_size, eval_every=cfg.eval_every)
+                         setup.steps * cfg.batch_size,
+                         Selection(cfg.keep_best, cfg.early_stop_patience),
+                         eval_every=cfg.eval_every)
     if cfg.eval_every == 0:
         progress.quality.parent.mkdir(parents=True, exist_ok=True)
         with open(progress.quality, "w", newline="") as f:
-            csv.writer(f).writerow(["epoch", "frechet_distance"])
+            csv.writer(f).writerow(["epoch", "frechet_distance", "frechet_distance_raw"])
         return record
     classifier = load_model(classifier_path, remedy="run `dvc repro classifier` first")
     test_x = setup.data.test_x
@@ -130,6 +140,8 @@ def _record(setup: Setup, classifier_path: Path, progress: Progress, run: RunLog
         )
     record.quality = FixedSampleFD(feature_extractor(classifier), test_x, cfg.latent_dim,
                                    cfg.seed)
+    record.protocol = {"classifier_md5": file_md5(classifier_path), "n": record.quality.n,
+                       "reference": "test", "seed": cfg.seed}
     return record
 
 
@@ -142,13 +154,27 @@ def _callbacks(setup: Setup,
     return [setup.batches, EpochCommit(checkpoint, guard, record)]
 
 
-def _publish(setup: Setup, progress: Progress, out: TrainOutputs, run: RunLog,
+def _publish(setup: Setup, record: EpochRecord, out: TrainOutputs, run: RunLog,
              params: dict, tags: dict[str, str]) -> None:
-    """Phase 4: the GIF and the two networks beside the per-epoch files, all copied to the
-    outputs, then the run file, by which the sync step finds this run."""
+    """Phase 4: the GIF, the generators (delivered and last), D and selection.json beside
+    the per-epoch files, all copied to the outputs, then the run file, by which the sync
+    step finds this run."""
+    progress, gan = record.progress, setup.gan
     make_gif(sorted(progress.grids.glob("epoch_*.png")), progress.gif)
-    save_model(setup.gan.generator, progress.generator)
-    save_model(setup.gan.discriminator, progress.discriminator)
+    best = setup.ckpt / BEST
+    save_model(gan.sampler, progress.generator_last)
+    if setup.cfg.keep_best and best.exists():
+        shutil.copyfile(best, progress.generator)
+    else:
+        shutil.copyfile(progress.generator_last, progress.generator)
+    save_model(gan.discriminator, progress.discriminator)
+    done = int(gan.g_optimizer.iterations.numpy()) // setup.steps
+    kind = "ema" if gan.average is not None else "raw"
+    selection = {**rounded(record.selection.summary(kind, done)), "protocol": record.protocol}
+    write_json(selection, progress.selection)
+    run.metrics({f"kept.{k}": selection[k] for k in ("epoch", "frechet_distance")
+                 if selection[k] is not None})
+    run.tags(kept_tag(selection))
     md5 = file_md5(progress.generator)
     progress.publish(out)
     run.tags({"generator_md5": md5})
@@ -233,6 +259,7 @@ def train(params: Params, data_file: Path, classifier_path: Path, out: TrainOutp
     if not setup.role.chief:
         return _train_worker(setup)
     cfg, progress = setup.cfg, Progress.inside(setup.ckpt, out)
+    stop = stopped_at(setup.ckpt)  # an interrupted run that had decided to stop early
     tags = {"dataset": params.fetch.dataset, "data_md5": setup.data_md5, "arch": cfg.arch,
             "precision": setup.policy, **setup.role.tags()}
     # The run's params are those that shape the model; the sync step records the later
@@ -243,9 +270,12 @@ def train(params: Params, data_file: Path, classifier_path: Path, out: TrainOutp
         save_run_id(setup.ckpt, run.run_id)
         record = _record(setup, classifier_path, progress, run)
         start = time.perf_counter()
-        _fit(setup.gan, setup.role, setup.batches.dataset, cfg.epochs, _callbacks(setup, record))
+        _fit(setup.gan, setup.role, setup.batches.dataset, stop[0] if stop else cfg.epochs,
+             _callbacks(setup, record))
         run.metrics({"train_seconds": time.perf_counter() - start})
-        _publish(setup, progress, out, run, logged, tags)
+        if stop:
+            record.selection.stopped = stop[1]
+        _publish(setup, record, out, run, logged, tags)
     shutil.rmtree(setup.ckpt)
     _finish_together(setup.role)
     with open(out.history, newline="") as f:  # the last epoch, also if fit() resumed there
