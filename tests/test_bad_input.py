@@ -48,7 +48,7 @@ DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
 PATHS = DVC["vars"][0]["paths"]
 # Valid tiny params that every case spoils in one place; eval_every 0: train needs no
 # classifier.
-BASE = {**TINY, "train": {**TINY["train"], "eval_every": 0}}
+BASE = {**TINY, "train": {**TINY["train"], "eval_every": 0, "keep_best": False}}
 # What TensorFlow and absl print to stderr from C++ (I0000/W0000/E0000 ...), and the
 # second line of TF's CPU-feature notice.
 # Log lines a real process prints before the error: TensorFlow's C++ start-up notes, and

@@ -11,10 +11,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_model import batches, real_images, seed, tiny
 
 from dcgan.nets.ema import ema_beta
 from dcgan.nets.model import build_gan
-from tests.test_model import batches, real_images, seed, tiny
 
 
 def test_beta_halves_an_old_weight_every_half_life() -> None:

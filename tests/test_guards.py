@@ -28,7 +28,7 @@ from dcgan.training import train as training
 from dcgan.training.guards import CollapseWatch, Diverged, DivergenceGuard
 from dcgan.training.train import checkpoint_dir, train
 
-NO_QUALITY = {**TINY, "train": {**TINY["train"], "eval_every": 0}}
+NO_QUALITY = {**TINY, "train": {**TINY["train"], "eval_every": 0, "keep_best": False}}
 
 
 def _train(root: Path, params: dict, monkeypatch: pytest.MonkeyPatch) -> tuple:

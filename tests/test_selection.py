@@ -13,6 +13,7 @@ import keras
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from test_training import TINY, _train_in
 
 from dcgan.core.config import parse_params
 from dcgan.core.outputs import file_md5
@@ -20,7 +21,6 @@ from dcgan.dataset import imagestore
 from dcgan.features.classifier import feature_extractor
 from dcgan.training.quality import FixedSampleFD
 from dcgan.training.selection import Selection
-from tests.test_training import TINY, _train_in
 
 
 def test_best_is_the_first_argmin_and_patience_counts_scores_since() -> None:
