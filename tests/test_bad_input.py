@@ -246,13 +246,18 @@ def run_file_only(ctx: SimpleNamespace) -> None:
     put(ctx, "run_file", json.dumps(record).encode())
 
 
-def samples(channels: int, *keys: str) -> Callable[[SimpleNamespace], None]:
-    """16 generated images with `channels` channels, the data, and the valid assets `keys`."""
+def samples(channels: int, *keys: str, selection: bool = True
+            ) -> Callable[[SimpleNamespace], None]:
+    """16 generated images with `channels` channels, the data, the valid assets `keys`
+    and (with `selection`) train's selection.json."""
     def setup(ctx: SimpleNamespace) -> None:
         valid("data", *keys)(ctx)
         buf = io.BytesIO()
         np.save(buf, np.zeros((16, 16, 16, channels), np.float32))
         put(ctx, f"{PATHS['generated']}/samples.npy", buf.getvalue())
+        if selection:
+            put(ctx, "selection", json.dumps({"generator": "raw", "kept": "last", "epoch": 2,
+                                              "frechet_distance": None}).encode())
     return setup
 
 
@@ -407,6 +412,8 @@ MODEL_CASES = [
          f"{PATHS['generator']}", "missing; run `dvc pull`", setup=run_file_only),
     param("evaluate-classifier-missing", "evaluate", f"{PATHS['classifier']}: no model here",
          "run the classifier stage", setup=samples(1)),
+    param("evaluate-selection-missing", "evaluate", f"{PATHS['selection']}: cannot read it",
+         "run the train stage", setup=samples(1, "classifier", selection=False)),
     param("probe-discriminator-missing", "probe", f"{PATHS['discriminator']}: no model here",
          "run the train stage", setup=valid("data")),
 ]
