@@ -229,12 +229,16 @@ def test_paper_start_size(size: int, start: int | None) -> None:
 
 @pytest.mark.parametrize("arch", ["paper", "tutorial"])
 def test_adam_null_resolves_to_the_arch(arch: str) -> None:
-    expected = {"paper": (2e-4, 0.5), "tutorial": (1e-4, 0.9)}[arch]
+    expected = {"paper": ((4e-3, 1e-3), 0.5), "tutorial": ((1e-4, 1e-4), 0.9)}[arch]
     assert ARCH_ADAM[arch] == expected
-    assert TrainConfig(arch=arch).adam == expected
-    assert TrainConfig(arch=arch, lr=0.003).adam == (0.003, expected[1])
-    assert TrainConfig(arch=arch, beta1=0.0).adam == (expected[0], 0.0)  # 0 is not null
-    assert TrainConfig(arch=arch, lr=0.01, beta1=0.7).adam == (0.01, 0.7)
+    (g_lr, d_lr), beta1 = expected
+    cfg = TrainConfig(arch=arch)
+    assert (cfg.optimiser("g"), cfg.optimiser("d")) == ((g_lr, beta1), (d_lr, beta1))
+    both = TrainConfig(arch=arch, lr=0.003)  # the shorthand sets both
+    assert both.optimiser("g") == both.optimiser("d") == (0.003, beta1)
+    zero = TrainConfig(arch=arch, beta1=0.0)  # 0 is not null
+    assert zero.optimiser("g") == (g_lr, 0.0)
+    assert TrainConfig(arch=arch, lr=0.01, beta1=0.7).optimiser("d") == (0.01, 0.7)
 
 
 def test_flatten_all_sections() -> None:
@@ -243,8 +247,9 @@ def test_flatten_all_sections() -> None:
     assert flat["fetch.dataset"] == "mnist-5k"
     assert flat["preprocess.image_size"] == 28
     assert flat["evaluate.batch_size"] == 256
-    # null lr/beta1 are logged as the values in force
-    assert (flat["train.lr"], flat["train.beta1"]) == (1e-4, 0.9)
+    # null learning rates and betas are logged, net by net, as the values in force
+    assert (flat["train.g_lr"], flat["train.d_lr"], flat["train.d_beta1"]) == (1e-4, 1e-4, 0.9)
+    assert flat["train.lr"] is None  # as params.yaml says
     n_fields = sum(len(type(getattr(params, s)).model_fields) for s in Params.model_fields)
     assert len(flat) == n_fields
     assert all(k.count(".") == 1 for k in flat)
@@ -254,7 +259,7 @@ def test_flatten_some_sections() -> None:
     params = parse_params({"train": {"lr": 0.003}})
     flat = flatten(params, ("fetch", "train"))
     assert {k.split(".")[0] for k in flat} == {"fetch", "train"}
-    assert (flat["train.lr"], flat["train.beta1"]) == (0.003, 0.5)
+    assert (flat["train.lr"], flat["train.g_lr"], flat["train.d_beta1"]) == (0.003, 0.003, 0.5)
     without_train = flatten(params, ("generate",))
     assert set(without_train) == {f"generate.{k}" for k in Params().generate.model_fields}
 
@@ -266,3 +271,14 @@ def test_params_are_frozen() -> None:
     with pytest.raises(pydantic.ValidationError, match="frozen"):
         params.train = TrainConfig()
     assert params.train.epochs == TrainConfig().epochs
+
+
+def test_two_time_scales_and_the_shorthand() -> None:
+    cfg = TrainConfig(g_lr=4e-3, d_lr=1e-3, d_beta1=0.0)
+    assert cfg.optimiser("g") == (4e-3, 0.5) and cfg.optimiser("d") == (1e-3, 0.0)
+    assert TrainConfig(lr=3e-4, g_lr=1e-3).optimiser("d") == (3e-4, 0.5)  # lr fills in
+    flat = flatten(parse_params({"train": {"g_lr": 4e-3, "d_lr": 1e-3}}))
+    assert (flat["train.g_lr"], flat["train.d_lr"], flat["train.g_beta1"]) == (4e-3, 1e-3, 0.5)
+    with pytest.raises(UserError, match=r"train.lr = 0.001 has no effect: train.g_lr \(0.004\) "
+                                        r"and train.d_lr \(0.001\) are both set"):
+        parse_params({"train": {"lr": 1e-3, "g_lr": 4e-3, "d_lr": 1e-3}})

@@ -73,15 +73,15 @@ def test_divergence_stops_with_one_error_keeps_the_checkpoint_and_fails_the_run(
     assert isinstance(error, Diverged) and isinstance(error, UserError)
     assert str(error) == (
         f"training diverged at epoch 2, step 1: d_loss = nan, g_loss = nan; the checkpoint of "
-        f"epoch 1 is kept in {ckpt}; lower train.lr (now 0.0002) or change train.seed, "
-        "then rerun")
+        f"epoch 1 is kept in {ckpt}; lower the learning rates (now G 0.004, D 0.001: "
+        "train.lr for both, or train.g_lr and train.d_lr) or change train.seed, then rerun")
     assert ckpt.is_dir() and any(ckpt.iterdir())  # the last good epoch survives
     assert not out.generator.exists()
     assert _only_run(client).info.status == "FAILED"
 
 
 def test_guard_checks_losses_every_step_and_weights_every_epoch(tmp_path: Path) -> None:
-    guard = DivergenceGuard(2e-4, tmp_path / "ckpt")
+    guard = DivergenceGuard((2e-4, 2e-4), tmp_path / "ckpt")
     guard.set_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
     guard.on_epoch_begin(0)
     guard.on_train_batch_end(0, {"d_loss": 1.3, "g_loss": 0.7, "d_real": 0.5})

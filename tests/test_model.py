@@ -173,16 +173,18 @@ def test_paper_weights_start_from_normal_002(paper64) -> None:
 # ---------------------------------------------------------------- build_gan and train_step
 
 
-@pytest.mark.parametrize(("overrides", "lr", "beta1"), [
-    ({"arch": "paper"}, 2e-4, 0.5),
-    ({"arch": "tutorial"}, 1e-4, 0.9),
-    ({"arch": "paper", "lr": 0.003, "beta1": 0.1}, 0.003, 0.1),
+@pytest.mark.parametrize(("overrides", "lrs", "betas"), [
+    ({"arch": "paper"}, (4e-3, 1e-3), (0.5, 0.5)),
+    ({"arch": "tutorial"}, (1e-4, 1e-4), (0.9, 0.9)),
+    ({"arch": "paper", "lr": 0.003, "beta1": 0.1}, (0.003, 0.003), (0.1, 0.1)),
+    ({"g_lr": 0.002, "d_lr": 0.0005, "g_beta1": 0.0}, (0.002, 0.0005), (0.0, 0.5)),
 ])
-def test_build_gan_adam_settings(overrides: dict, lr: float, beta1: float) -> None:
+def test_build_gan_adam_settings(overrides: dict, lrs: tuple, betas: tuple) -> None:
     seed(0)
     gan = build_gan(tiny(**overrides), (16, 16, 1))
     assert isinstance(gan, DCGAN)
-    for optimizer in (gan.g_optimizer, gan.d_optimizer):
+    for optimizer, lr, beta1 in zip((gan.g_optimizer, gan.d_optimizer), lrs, betas,
+                                    strict=True):
         assert isinstance(optimizer, keras.optimizers.Adam)
         assert float(np.array(optimizer.learning_rate)) == pytest.approx(lr)
         assert optimizer.beta_1 == pytest.approx(beta1)

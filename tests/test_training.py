@@ -184,7 +184,9 @@ def test_mlflow_run(trained) -> None:
     assert all(m.value > 0 for m in client.get_metric_history(run_id, "images_per_sec"))
     assert run.data.metrics["g_loss"] == pytest.approx(trained.result["g_loss"])
     params = run.data.params
-    assert params["train.lr"] == "0.0002" and params["train.beta1"] == "0.5"  # null resolved
+    assert params["train.lr"] == "null" and params["train.beta1"] == "null"  # as given...
+    assert params["train.g_lr"] == "0.004" and params["train.d_lr"] == "0.001"  # ...resolved
+    assert params["train.g_beta1"] == params["train.d_beta1"] == "0.5"
     assert params["train.epochs"] == "2" and params["preprocess.image_size"] == "16"
     assert {k.split(".")[0] for k in params} == {"fetch", "preprocess", "train"}
     tags = run.data.tags

@@ -232,9 +232,8 @@ def flatten(params: Params, sections: tuple[str, ...] | None = None) -> dict[str
     for section, values in params.model_dump().items():
         if sections is None or section in sections:
             flat.update({f"{section}.{key}": value for key, value in values.items()})
-    if "train.lr" in flat:  # the values in force, where params.yaml says null
+    if "train.lr" in flat:  # each net's values in force, where params.yaml says null
         train = params.train
-        flat["train.lr"], flat["train.beta1"] = train.adam
         flat["train.g_lr"], flat["train.g_beta1"] = train.optimiser("g")
         flat["train.d_lr"], flat["train.d_beta1"] = train.optimiser("d")
     return flat

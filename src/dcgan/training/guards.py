@@ -36,9 +36,9 @@ class DivergenceGuard(keras.callbacks.Callback):
     never written, logged or checkpointed.
     """
 
-    def __init__(self, lr: float, checkpoint: Path):
+    def __init__(self, rates: tuple[float, float], checkpoint: Path):
         super().__init__()
-        self.lr, self.checkpoint = lr, checkpoint
+        self.rates, self.checkpoint = rates, checkpoint  # G's and D's learning rates
         self.epoch = 1
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -59,8 +59,9 @@ class DivergenceGuard(keras.callbacks.Callback):
         done = self.epoch - 1
         kept = (f"the checkpoint of epoch {done} is kept in {self.checkpoint}" if done
                 else "no epoch had completed, so there is no checkpoint")
-        return (f"training diverged at epoch {self.epoch}, {where}; {kept}; lower train.lr "
-                f"(now {self.lr:g}) or change train.seed, then rerun")
+        return (f"training diverged at epoch {self.epoch}, {where}; {kept}; lower the learning "
+                f"rates (now G {self.rates[0]:g}, D {self.rates[1]:g}: train.lr for both, or "
+                "train.g_lr and train.d_lr) or change train.seed, then rerun")
 
 
 class CollapseWatch:

@@ -150,7 +150,8 @@ def _callbacks(setup: Setup,
     """The input pipeline's epoch seeding and the per-epoch commit (training.commit)."""
     files = [record.progress.history, record.progress.quality] if record else []
     checkpoint = Checkpoint(setup.ckpt, files, setup.steps)
-    guard = DivergenceGuard(setup.cfg.adam[0], setup.ckpt)
+    rates = (setup.cfg.optimiser("g")[0], setup.cfg.optimiser("d")[0])
+    guard = DivergenceGuard(rates, setup.ckpt)
     return [setup.batches, EpochCommit(checkpoint, guard, record)]
 
 
