@@ -40,7 +40,7 @@ class TrainConfig(Section):
     arch: Literal["paper", "tutorial"] = Field(
         "paper", description="paper: Radford et al. 2015 guidelines; tutorial: the TF tutorial"
     )
-    epochs: int = Field(80, ge=1, le=100000, description="training epochs")
+    epochs: int = Field(60, ge=1, le=100000, description="training epochs")
     batch_size: int = Field(128, ge=1, le=65536, description="images per training step")
     lr: float | None = Field(
         None, gt=0, le=1, description="Adam learning rate of G and D; null = the arch's "
