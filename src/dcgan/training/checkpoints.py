@@ -4,8 +4,11 @@
 the train params and the data), so changed params never resume from a stale checkpoint.
 `Checkpoint`, Keras' `BackupAndRestore` extended, writes it at the end of every epoch and
 reads it back when `fit()` starts after a crash or a kill. It holds:
-- Keras' checkpoint: the weights of G and D, both Adam states, and the RNG states of the
-  noise and of Dropout (the DCGAN model tracks those, see `model.DCGAN`), with the epoch;
+- Keras' checkpoint: the weights of G, D and G's moving average (nets.ema), both Adam
+  states, and the RNG states of the noise and of Dropout (the DCGAN model tracks those, see
+  `model.DCGAN`), with the epoch;
+- the best epoch's generator so far and, if training decided to stop early, when
+  (training.selection);
 - the per-epoch files (history and quality CSVs, the epoch grids), which training writes
   here and copies to its DVC outputs only once it completes (`Progress`): a failed or killed
   run leaves no partial outputs and overwrites none of the last ones;
