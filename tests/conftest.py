@@ -47,6 +47,17 @@ def _session_uses(session: pytest.Session, fixture: str) -> bool:
     return any(fixture in getattr(item, "fixturenames", ()) for item in session.items)
 
 
+@pytest.fixture(autouse=True)
+def float32_policy_after():
+    """Every test leaves Keras' global dtype policy float32. A test that runs train() sets
+    the policy of `precision: auto`, mixed_bfloat16 where bfloat16 is native (AVX512_BF16,
+    AMX, sm_80+); left in place, it would make a later test's models compute in bfloat16."""
+    yield
+    import keras  # here, not at the top: collecting the tests needs no TensorFlow
+
+    keras.mixed_precision.set_dtype_policy("float32")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def head_start(request: pytest.FixtureRequest,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:

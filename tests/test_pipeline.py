@@ -76,7 +76,9 @@ def test_mlflow_run_holds_params_curves_images_and_model(pipeline: SimpleNamespa
     run_id = mlrun.info.run_id
     assert mlrun.info.status == "FINISHED"
     assert mlrun.data.params["train.epochs"] == "2"
-    assert mlrun.data.params["train.lr"] == "0.0002"  # the paper arch's, resolved
+    assert mlrun.data.params["train.lr"] == "null"  # as params.yaml says; each net's rate:
+    assert (mlrun.data.params["train.g_lr"], mlrun.data.params["train.d_lr"]) == ("0.004",
+                                                                                 "0.001")
     lock = yaml.safe_load((clone / "dvc.lock").read_text())
     data_md5 = next(o["md5"] for o in lock["stages"]["preprocess"]["outs"]
                     if o["path"].endswith("processed/dataset"))

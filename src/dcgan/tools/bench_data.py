@@ -129,7 +129,8 @@ def _stage_peaks(work: Path, steps: int, array_bytes: int) -> tuple[dict, dict]:
     commands = stage_commands(work / "dvc.yaml")
     train = commands["train"]
     paths = {k.replace("-", "_"): train[train.index(f"--{k}") + 1]
-             for k in ("data", "classifier", "generator", "discriminator", "run-file")}
+             for k in ("data", "classifier", "generator", "discriminator", "selection",
+                       "run-file")}
     entry = ("import json, sys; from dcgan.tools.bench_data import train_steps; "
              "print(json.dumps(train_steps(**json.loads(sys.argv[1]))))")
     runs = {**{s: ["python", "-m", "dvc", "repro", "-s", s] for s in ("fetch", "preprocess")},
@@ -170,12 +171,13 @@ def _point(repo: Path, root: Path, n: int, size: int, classes: int, steps: int) 
 
 
 def train_steps(steps: int, data: str, classifier: str, generator: str, discriminator: str,
-                run_file: str) -> dict:
-    """The train stage's data, model and quality monitor for `steps` steps; saves G and D
-    and writes the MLflow run and run file, as train does (the track stage then registers
-    G). Run in the workspace."""
+                selection: str, run_file: str) -> dict:
+    """The train stage's data, model and quality monitor for `steps` steps; saves the
+    delivered G and D, writes selection.json (the steps' end is the one epoch kept), the
+    MLflow run and run file, as train does (the track stage then registers G). Run in the
+    workspace."""
     from dcgan.core import config, seeding
-    from dcgan.core.outputs import file_md5
+    from dcgan.core.outputs import file_md5, write_json
     from dcgan.dataset import batches, imagestore
     from dcgan.features.classifier import feature_extractor
     from dcgan.nets import model, serialisation
@@ -199,6 +201,9 @@ def train_steps(steps: int, data: str, classifier: str, generator: str, discrimi
     with RunLog.open(logged, tags, "bench-data") as run:
         serialisation.save_model(gan.sampler, Path(generator))
         serialisation.save_model(gan.discriminator, Path(discriminator))
+        write_json({"generator": "ema" if gan.average is not None else "raw", "kept": "last",
+                    "epoch": 1, "frechet_distance": fd, "stopped_early": None},
+                   Path(selection))
         md5 = file_md5(Path(generator))
         run.tags({"generator_md5": md5})
         write_run_file(Path(run_file), RunRecord(md5, logged, tags))
