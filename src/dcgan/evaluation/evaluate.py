@@ -38,7 +38,7 @@ from scipy.special import softmax
 
 from dcgan.core.config import EvaluateConfig
 from dcgan.core.errors import UserError
-from dcgan.core.outputs import file_md5, write_json
+from dcgan.core.outputs import write_json
 from dcgan.dataset.batches import images_at
 from dcgan.dataset.imagestore import ImageArray, open_dataset
 from dcgan.evaluation import coverage, metrics, neighbours
@@ -241,12 +241,6 @@ def _inception(cfg: EvaluateConfig, samples: np.ndarray, real_test: Images) -> d
                                        cfg.batch_size)
 
 
-def protocol(classifier_path: Path, n: int, seed: int) -> dict:
-    """What a metric set was measured against: scores are comparable only under one."""
-    return {"classifier_md5": file_md5(classifier_path), "n": n, "reference": "test",
-            "seed": seed}
-
-
 def kept(selection_file: Path) -> dict:
     """Which of training's generators was evaluated: train's selection.json, in short."""
     try:
@@ -292,7 +286,7 @@ def evaluate(cfg: EvaluateConfig, data_file: Path, samples_file: Path, classifie
                                              cfg.batch_size)
     if cfg.inception is not None:
         result["inception"] = _inception(cfg, samples, data.test_x)
-    result["protocol"] = protocol(classifier_path, result["frechet_samples"], cfg.seed)
+    result["protocol"] = metrics.protocol(classifier_path, result["frechet_samples"], cfg.seed)
     if delivered is not None:
         result["kept"] = delivered
     write_json(result, metrics_file)

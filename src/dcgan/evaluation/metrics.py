@@ -14,8 +14,12 @@ check) are in `dcgan.evaluation.neighbours`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from scipy.special import rel_entr
+
+from dcgan.core.outputs import file_md5
 
 # Floor for real class shares in mode_kl: a class the real images never get is finite but huge.
 _MIN_SHARE = 1e-12
@@ -211,3 +215,11 @@ def mode_coverage(
     s, r = (np.bincount(a.argmax(axis=1), minlength=n_classes) / len(a) for a in arrays)
     covered = int(np.count_nonzero((r > 0) & (s >= min_share * r)))
     return covered, float(rel_entr(s, np.maximum(r, _MIN_SHARE)).sum())
+
+
+def protocol(classifier_path: Path, n: int, seed: int) -> dict:
+    """What a metric set was measured against (the classifier file, N, the reference split,
+    the seed): scores compare only under one. The evaluate stage stamps metrics.json with
+    it, train its in-training scores (selection.json)."""
+    return {"classifier_md5": file_md5(classifier_path), "n": n, "reference": "test",
+            "seed": seed}

@@ -72,9 +72,9 @@ def grouped(runs: pd.DataFrame, over: str = "train.seed", metrics: Sequence[str]
 
     Best group first by the mean of `sort`. Raises UserError for unknown names, as `table`.
     """
-    _check_known("param", [over.removeprefix("params.")], _keys(runs, "params."))
-    _check_known("sort metric", [sort], _keys(runs, "metrics."))
     over = over.removeprefix("params.")
+    _check_known("param", [over], _keys(runs, "params."))
+    _check_known("sort metric", [sort], _keys(runs, "metrics."))
     params = [key for key in _choose_params(runs, None) if key != over]
     metrics = _choose_metrics(runs, metrics, sort)
     frame = pd.DataFrame({key: runs[f"params.{key}"].fillna("") for key in params})

@@ -34,6 +34,7 @@ from dcgan.core.outputs import file_md5, rounded, write_json
 from dcgan.core.seeding import seed_everything
 from dcgan.dataset.batches import SeededBatches
 from dcgan.dataset.imagestore import Dataset, dataset_md5, open_dataset
+from dcgan.evaluation.metrics import protocol
 from dcgan.features.classifier import feature_extractor
 from dcgan.nets.model import build_gan
 from dcgan.nets.serialisation import load_model, save_model
@@ -140,8 +141,7 @@ def _record(setup: Setup, classifier_path: Path, progress: Progress, run: RunLog
         )
     record.quality = FixedSampleFD(feature_extractor(classifier), test_x, cfg.latent_dim,
                                    cfg.seed)
-    record.protocol = {"classifier_md5": file_md5(classifier_path), "n": record.quality.n,
-                       "reference": "test", "seed": cfg.seed}
+    record.protocol = protocol(classifier_path, record.quality.n, cfg.seed)
     return record
 
 
