@@ -3,18 +3,21 @@
 Starts `mlflow ui` on 127.0.0.1 (a free port) against the tracking store, opens the
 UI's compare-runs page for a few runs in headless Chromium (Debian's /usr/bin/chromium,
 driven by Playwright: no browser download), waits until it has rendered the runs, their
-parameters, metrics and a chart, saves a screenshot, and stops the browser and the server,
-also on errors. Needs no network.
+parameters, metrics and a chart, makes `--metric` the one metric of the Parallel
+Coordinates Plot (MLflow picks the first shared one, d_fake; its params stay the
+differing ones), saves a screenshot, and stops the browser and the server, also on
+errors. Needs no network.
 
 Run from the repo root (or anywhere), after a few `dvc exp run`s:
     python scripts/compare_picture.py [--store sqlite:///path/mlflow.db] [--runs ID,ID,...]
-                                      [--count 3] [--out docs/compare.png]
+                                      [--count 3] [--metric NAME] [--out docs/compare.png]
 Defaults: the store `sqlite:///<repo root>/mlflow.db`, artifacts under the `mlruns`
 folder next to the database file; the `--count` most recent FINISHED runs of the
 `dcgan` experiment tagged `dvc_exp_name` (made by `dvc exp run`), else the most recent
-finished ones. Needs `apt-get install -y chromium` and `pip install -r
-requirements-docs.txt`. Exits 2 when Chromium or Playwright is missing, the store is
-missing or has no such runs, 1 when the server or the page fails.
+finished ones; the metric frechet_distance. Needs `apt-get install -y chromium` and
+`pip install -r requirements-docs.txt`. Exits 2 when Chromium or Playwright is missing,
+the store is missing or has no such runs, or a run lacks the metric; 1 when the server
+or the page fails.
 """
 
 from __future__ import annotations
@@ -56,6 +59,14 @@ CHROMIUM_FLAGS = ["--disable-gpu", "--disable-quic", "--no-first-run", "--disabl
                   "--disable-background-networking", "--disable-component-update",
                   "--disable-breakpad"]
 ASSISTANT_CLOSE = '[data-component-id$="assistant.chat_panel.close"]'  # opens by itself
+# The Parallel Coordinates Plot's Metrics selector (a multiple Select after its label), its
+# chips and their crosses; polled: the plot's SVG has an axis for `metric`, none for `dropped`.
+METRICS_SELECT = 'div:text-is("Metrics:") + div'
+CHIP, CHIP_REMOVE = '[class*="selection-item-content"]', '[class*="selection-item-remove"]'
+AXES_JS = """({metric, dropped}) => {
+  const titles = [...document.querySelectorAll(".pcp-plot .axis-title")].map(t => t.textContent);
+  return titles.includes(metric) && !dropped.some(d => titles.includes(d));
+}"""
 # Polled in the page: false until every run id, the "Run details", "Parameters" and
 # "Metrics" sections and a chart are shown with no spinner, and the page has stayed the
 # same for a second; then how much <main> scrolls and where the Metrics section ends.
@@ -85,6 +96,8 @@ def parse_args() -> argparse.Namespace:
                         help="tracking store URI (default: the repo's mlflow.db)")
     parser.add_argument("--runs", default="", help="comma-separated run ids to compare")
     parser.add_argument("--count", type=int, default=3, help="how many recent runs (default 3)")
+    parser.add_argument("--metric", default="frechet_distance",
+                        help="the Parallel Coordinates Plot's metric (default frechet_distance)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "compare.png",
                         help="PNG to write (default docs/compare.png)")
     return parser.parse_args()
@@ -173,8 +186,34 @@ def wait_rendered(page: Page, runs: list[Run], round_: int) -> dict[str, Any]:
                            f"it shows: {text[:300]!r}") from error
 
 
-def capture(page: Page, base: str, runs: list[Run]) -> bytes:
-    """Open the compare view of `runs`, wait for it, tidy it, return a PNG down to Metrics."""
+def select_metric(page: Page, metric: str) -> None:
+    """Make `metric` the only chip of the Parallel Coordinates Plot's Metrics selector and wait
+    until the plot's SVG has redrawn with its axis, and without the removed ones. Raises
+    RuntimeError if the selector, the option or the axis does not show up."""
+    select = page.locator(METRICS_SELECT)
+    try:
+        dropped = [chip for chip in select.locator(CHIP).all_inner_texts() if chip != metric]
+        while select.locator(CHIP_REMOVE).count():  # MLflow's pick: the first shared metric
+            cross = select.locator(CHIP_REMOVE).first.element_handle()
+            cross.click()
+            cross.wait_for_element_state("hidden")  # React has dropped the chip
+        select.get_by_role("combobox").click()
+        page.keyboard.type(metric)  # the list is virtual: only the options in view exist
+        page.locator(f'[class*="select-item-option"][title={json.dumps(metric)}]').click()
+        select.locator(f"{CHIP}:text-is({json.dumps(metric)})").wait_for()
+        page.keyboard.press("Escape")  # a multiple Select keeps its list open
+        if (chips := select.locator(CHIP).all_inner_texts()) != [metric]:
+            raise RuntimeError(f"the Metrics selector holds {chips}, not [{metric!r}]")
+        page.wait_for_function(AXES_JS, arg={"metric": metric, "dropped": dropped}, polling=250,
+                               timeout=RENDER_TIMEOUT_MS)
+    except PlaywrightError as error:  # one line, saying what failed
+        first = (str(error).strip().splitlines() or [repr(error)])[0]
+        raise RuntimeError(f"could not plot {metric!r} in the Parallel Coordinates Plot: "
+                           f"{first}") from error
+
+
+def capture(page: Page, base: str, runs: list[Run], metric: str) -> bytes:
+    """Open the compare view of `runs`, wait, tidy it, plot `metric`; a PNG down to Metrics."""
     ids = [run.info.run_id for run in runs]  # route: /compare-runs?runs=[...]&experiments=[...]
     experiments = sorted({run.info.experiment_id for run in runs})
     query = urllib.parse.urlencode({"runs": json.dumps(ids, separators=(",", ":")),
@@ -184,6 +223,7 @@ def capture(page: Page, base: str, runs: list[Run]) -> bytes:
     close = page.locator(ASSISTANT_CLOSE)
     if close.count():  # the MLflow Assistant side panel
         close.first.click()
+    select_metric(page, metric)
     for section in differing(runs):
         switch = page.get_by_role("switch", name=f"{section} - Show diff only", exact=True)
         if switch.count():
@@ -200,7 +240,7 @@ def capture(page: Page, base: str, runs: list[Run]) -> bytes:
     return page.screenshot(clip={"x": 0, "y": 0, "width": WIDTH, "height": height})
 
 
-def render(store: str, runs: list[Run], out: Path) -> None:
+def render(store: str, runs: list[Run], metric: str, out: Path) -> None:
     """Serve `store` with `mlflow ui`, screenshot its compare view of `runs` into `out`."""
     with tempfile.TemporaryDirectory(prefix="compare_picture_", ignore_cleanup_errors=True) as tmp:
         tmp_dir = Path(tmp)
@@ -217,7 +257,7 @@ def render(store: str, runs: list[Run], out: Path) -> None:
             wait_healthy(base, server, log)
             with browser:
                 page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
-                png = capture(page, base, runs)
+                png = capture(page, base, runs, metric)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(png)
 
@@ -248,8 +288,11 @@ def main() -> int:
         return fail(error.message, 2)
     if not runs:
         return fail(f"no finished runs of experiment {EXPERIMENT!r} in {args.store}", 2)
+    missing = [run.info.run_name for run in runs if args.metric not in run.data.metrics]
+    if missing:  # the plot would draw a made-up value for them
+        return fail(f"no metric {args.metric!r} in run(s) {', '.join(missing)}", 2)
     try:
-        render(args.store, runs, args.out)
+        render(args.store, runs, args.metric, args.out)
     except (RuntimeError, OSError, PlaywrightError) as error:
         # One line: the first of the message, and how the browser exited (Playwright's log).
         lines = str(error).strip().splitlines() or [repr(error)]

@@ -506,3 +506,75 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(
     assert not {p for p in changed if not p.startswith(case.may_change)}
     cache = root / PATHS["cache"]
     assert not [p for p in cache.rglob("*") if p.is_file()], "a bad download stayed in the cache"
+
+
+# ---------------------------------------------------------------- dcgan sample and export
+
+USE_CASES = [
+    pytest.param(["sample", "models:/dcgan-generator/7"],
+                 ("models:/dcgan-generator/7", "version=7) not found", "`mlflow ui`"),
+                 id="sample-version-missing"),
+    pytest.param(["sample", "models:/dcgan-generator@best-cifar10"],
+                 ("alias best-cifar10 not found", "`dcgan sync` sets best-<dataset>"),
+                 id="sample-alias-not-set"),
+    pytest.param(["export", "runs:/0123456789abcdef0123456789abcdef/generator", "--format",
+                  "onnx"], ("Run with id=0123456789abcdef0123456789abcdef not found",
+                            "`dcgan compare` lists the runs"), id="export-run-missing"),
+    pytest.param(["export", "notes.keras", "--format", "onnx"],
+                 ("notes.keras: cannot be loaded as a Keras model", "models/generator.keras"),
+                 id="export-file-not-a-model"),
+    pytest.param(["sample", "d.keras"], ("d.keras: not a generator", "(N, 16, 16, 3) to (N, 1)"),
+                 id="sample-discriminator-not-a-generator"),
+    pytest.param(["export", "g.keras", "--format", "torchscript"],
+                 ("cannot export to 'torchscript'", "saved_model, tflite, onnx"),
+                 id="export-format-unknown"),
+    pytest.param(["sample", "g.keras", "--z", "z5.npy"],
+                 ("--z z5.npy: vectors of width 5", "takes z of width 8", "(N, 8)"),
+                 id="sample-z-wrong-width"),
+    pytest.param(["sample", "g.keras", "--n", "10", "--interpolate", "3,99"],
+                 ("cell 99 is not in the grid of 10 samples", "--numbered"),
+                 id="sample-cell-outside-grid"),
+]
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory: pytest.TempPathFactory, assets: SimpleNamespace) -> str:
+    """A store holding one registered generator version, aliased best-digits; its URI."""
+    import mlflow
+
+    from dcgan.nets.serialisation import load_model
+    from dcgan.tracking import registry
+    from dcgan.tracking.runlog import RunLog
+
+    with pytest.MonkeyPatch.context() as mp:
+        uri = use_scratch_store(mp, tmp_path_factory.mktemp("store"))
+        generator = load_model(assets.generator, remedy="")
+        with RunLog.open({}, {"dataset": "digits"}) as log:
+            version = registry.log_generator(log.run_id, generator, {"dataset": "digits"})
+        mlflow.MlflowClient().set_registered_model_alias(registry.REGISTERED_MODEL,
+                                                         "best-digits", str(version))
+    return uri
+
+
+@pytest.mark.parametrize("argv, words", USE_CASES)
+def test_sample_and_export_fail_in_one_line_and_write_nothing(
+        argv: list[str], words: tuple[str, ...], tmp_path: Path, assets: SimpleNamespace,
+        registered: str, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dcgan sample` and `dcgan export` on a store that has one registered version."""
+    from dcgan.tools.cli import main
+
+    use_scratch_store(monkeypatch, tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registered)
+    shutil.copyfile(assets.generator, tmp_path / "g.keras")
+    shutil.copyfile(assets.rgb_discriminator, tmp_path / "d.keras")
+    (tmp_path / "notes.keras").write_text("not a model")
+    np.save(tmp_path / "z5.npy", np.zeros((4, 5), np.float32))
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2, stderr[-3000:]
+    the_error_line(stderr, words, real_process=False)
+    assert snapshot(tmp_path) == before

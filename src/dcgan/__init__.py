@@ -4,6 +4,8 @@ in stages/ are its entry points; each depends on what it imports (README: Layout
 
 import os
 
-# TensorFlow's C++ start-up chatter (oneDNN, CUDA probes) drowns the stage output;
-# a user who wants it sets TF_CPP_MIN_LOG_LEVEL themselves.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ INFO and WARNING lines drown the stage output. A user who wants them sets
+# TF_CPP_MIN_LOG_LEVEL themselves, or DCGAN_TF_LOGS=1 for all of TensorFlow's logs (the
+# start-up lines this level cannot hold back are filtered: dcgan.core.console).
+if os.environ.get("DCGAN_TF_LOGS", "") in ("", "0"):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from dcgan.core import watchdog
+from dcgan.core import console, watchdog
 from dcgan.core.errors import UserError
 
 if TYPE_CHECKING:
@@ -86,7 +86,9 @@ def stage_main(main: Callable[[], None]) -> None:
     When `main` is the `main()` of the script Python runs as the program (a stage as
     dvc.yaml runs it), this process becomes the watchdog parent of a child that runs it
     (see dcgan.core.watchdog), so that a stage the out-of-memory killer ends also fails in one
-    line. Otherwise (the child, the `dcgan` command, a test) `main()` runs here.
+    line. Otherwise (the child, the `dcgan` command, a test) `main()` runs here. Either way a
+    stage's or the `dcgan` command's stderr reaches the user without TensorFlow's start-up
+    noise (dcgan.core.console).
 
     Raises:
         SystemExit: 2 on a `UserError`, a `MemoryError` or a full disk, 130 on Ctrl-C, 0
@@ -96,6 +98,13 @@ def stage_main(main: Callable[[], None]) -> None:
         watchdog.die_with_parent()
     elif _is_program(main):
         raise SystemExit(watchdog.run_watched())
+    # The watchdog filters a stage's stderr; the `dcgan` command filters its own.
+    with console.filtered_stderr() if _is_command() else contextlib.nullcontext():
+        _run(main)
+
+
+def _run(main: Callable[[], None]) -> None:
+    """`main()`, its errors reported as `stage_main` says."""
     try:
         main()
     except UserError as err:
@@ -123,6 +132,12 @@ def stage_main(main: Callable[[], None]) -> None:
 def _fail(line: str, code: int = 2) -> NoReturn:
     print(f"error: {line}", file=sys.stderr)
     raise SystemExit(code) from None
+
+
+def _is_command() -> bool:
+    """Whether this process is the `dcgan` command: its console script or `python -m dcgan`."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return Path(sys.argv[0]).name == "dcgan" or getattr(spec, "name", "") == "dcgan.__main__"
 
 
 def _is_program(main: Callable[[], None]) -> bool:

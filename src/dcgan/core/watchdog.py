@@ -3,12 +3,14 @@
 `stage.stage_main` starts it when a stage script runs as a program (`python
 stages/train.py ...`, as dvc.yaml runs it). The parent runs the same command line again as
 a child with DCGAN_STAGE_CHILD=1 set, forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT to it,
-and waits. A child that exits has reported its own errors (one line, see `stage_main`); a
-child the kernel kills, most often the out-of-memory killer with SIGKILL, cannot, so the
-parent prints the one line: the signal, the child's peak memory and what to lower.
+and waits, passing the child's stderr on without TensorFlow's start-up noise
+(dcgan.core.console). A child that exits has reported its own errors (one line, see
+`stage_main`); a child the kernel kills, most often the out-of-memory killer with SIGKILL,
+cannot, so the parent prints the one line: the signal, the child's peak memory and what to
+lower.
 
-Only the standard library is imported here, so the parent holds about 13 MB while the
-stage runs. Not run on its own.
+Only the standard library is imported here (and by dcgan.core.console), so the parent holds
+about 13 MB while the stage runs. Not run on its own.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from dcgan.core import console
 
 CHILD_ENV = "DCGAN_STAGE_CHILD"
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -153,12 +157,21 @@ def run_watched() -> int:
     # Blocked before the spawn: no signal is lost or handled by Python meanwhile; the child
     # gets the mask this process started with.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    # The child's stderr comes through this process, without TensorFlow's start-up noise
+    # (dcgan.core.console says why here); its thread inherits the blocked mask.
+    relay = console.Relay() if console.wanted() else None
     try:
         oom_before = oom_kills()
+        env = {k: v for k, v in os.environ.items() if k != console.TTY_ENV}
         # orig_argv keeps interpreter options (-X importtime, -u) that argv drops.
         pid = os.posix_spawn(sys.executable, [sys.executable, *sys.orig_argv[1:]],
-                             {**os.environ, CHILD_ENV: "1"}, setsigmask=mask)
+                             {**env, CHILD_ENV: "1", **(relay.env() if relay else {})},
+                             setsigmask=mask, file_actions=relay.spawn_actions() if relay else ())
+        if relay:
+            relay.start()
         status, usage = _wait(pid, watched)
+        if relay:
+            relay.finish()  # all the child wrote, before this process's own line
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     if not os.WIFSIGNALED(status):

@@ -20,6 +20,7 @@ import numpy as np
 from dcgan.core.config import PreprocessConfig
 from dcgan.core.errors import UserError
 from dcgan.core.outputs import write_json
+from dcgan.core.progress import Progress
 from dcgan.data.decoding import BLOCK, ArraySource, FolderSource, convert_channels, open_raw
 from dcgan.dataset.imagestore import ImageArray, NpyWriter, scale
 
@@ -85,11 +86,13 @@ def _split(n: int, cfg: PreprocessConfig) -> dict[str, np.ndarray]:
 
 
 def _write_split(source: ArraySource | FolderSource, order: np.ndarray, tmp: Path,
-                 split: str, cfg: PreprocessConfig, stats: _Stats, bad: list[str]) -> int:
+                 split: str, cfg: PreprocessConfig, stats: _Stats, bad: list[str],
+                 bar: Progress) -> int:
     """Decode the images at `order` into tmp/<split>_x.npy and their labels into
-    <split>_y.npy; returns how many were written."""
+    <split>_y.npy, counting them on `bar`; returns how many were written."""
     size, writer, labels = cfg.image_size, None, []
-    for x, y, unreadable in source.blocks(order):
+    blocks = bar.over(source.blocks(order), size=lambda block: len(block[0]) + len(block[2]))
+    for x, y, unreadable in blocks:
         bad.extend(unreadable)
         x = convert_channels(x, cfg.channels)
         if writer is None:
@@ -119,6 +122,7 @@ def preprocess(cfg: PreprocessConfig, raw_dir: Path, out_dir: Path, stats_file: 
     """Decode, resize and split the raw data into uint8 arrays (dataset.imagestore's).
 
     Images stream through: memory depends on a block of images, not on their number.
+    Their progress goes to stderr (dcgan.core.progress).
     Folder images are center-cropped to square, decoded by a pool of `workers` processes.
     Without `cfg.channels` a folder becomes RGB if any image has a coloured pixel, else
     grey (`_channels`). Stats (min, max, per-channel mean, in [-1, 1]) cover both splits.
@@ -145,9 +149,11 @@ def preprocess(cfg: PreprocessConfig, raw_dir: Path, out_dir: Path, stats_file: 
     tmp.mkdir(parents=True)
     try:
         stats, bad = _Stats(), []
-        counts = {split: _write_split(source, order, tmp, split, cfg, stats, bad)
-                  for split, order in splits.items()}
-        _check_readable(bad, counts, n, source.where, cfg.skip_unreadable)
+        # The long loop: decoding (a pool of processes for a folder) and writing, in blocks.
+        with Progress("preprocess: decoding", total=n) as bar:
+            counts = {split: _write_split(source, order, tmp, split, cfg, stats, bad, bar)
+                      for split, order in splits.items()}
+            _check_readable(bad, counts, n, source.where, cfg.skip_unreadable)
         channels = _channels(source, cfg, stats, tmp)
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(tmp, out_dir)

@@ -25,6 +25,7 @@ all five image sets together (`neighbours.nearest_in_blocks`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ from scipy.special import softmax
 from dcgan.core.config import EvaluateConfig
 from dcgan.core.errors import UserError
 from dcgan.core.outputs import write_json
+from dcgan.core.progress import Progress
 from dcgan.dataset.batches import images_at
 from dcgan.dataset.imagestore import ImageArray, open_dataset
 from dcgan.evaluation import coverage, metrics, neighbours
@@ -62,16 +64,22 @@ class Embedded:
     probs: np.ndarray  # (N, K)
 
 
-def embed(classifier: keras.Model, images: np.ndarray, batch_size: int) -> Embedded:
-    """Features and class probabilities of `images` in one forward pass.
+def embed(classifier: keras.Model, images: np.ndarray, batch_size: int,
+          bar: Progress | None = None) -> Embedded:
+    """Features and class probabilities of `images` in one forward pass, counted on `bar`.
 
     Raises:
         UserError: if the classifier has no "features" layer.
     """
-    features = feature_extractor(classifier).output
-    both = keras.Model(classifier.input, [features, classifier.output])
-    feats, logits = both.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0)
+    counted = [bar.predicting(len(images), batch_size)] if bar else []
+    feats, logits = _two_headed(classifier).predict(
+        np.asarray(images, np.float32), batch_size=batch_size, verbose=0, callbacks=counted)
     return Embedded(feats.astype(np.float64), softmax(logits.astype(np.float64), axis=-1))
+
+
+@functools.lru_cache(maxsize=1)  # one model for all five sets: else TensorFlow warns of retracing
+def _two_headed(classifier: keras.Model) -> keras.Model:
+    return keras.Model(classifier.input, [feature_extractor(classifier).output, classifier.output])
 
 
 def train_blocks(images: Images) -> Iterator[tuple[int, np.ndarray]]:
@@ -187,12 +195,14 @@ def evaluate_generator(classifier: keras.Model, samples: np.ndarray, real_train:
         log.warning("evaluate.kid_subset_size %d >= N = %d: every KID subset is the whole set, "
                     "so kid_std is 0; lower it", cfg.kid_subset_size, n)
     # 2. The copy check's pixel distances to the whole training set: one pass over it.
-    found = neighbours.nearest_in_blocks(
-        [x.reshape(n, -1) for x in sets.values()], train_blocks(real_train),
-        [exclude.get(name) for name in sets], fast=True)
+    with Progress("evaluate: copy check", total=len(real_train)) as bar:
+        blocks = bar.over(train_blocks(real_train), size=lambda block: len(block[1]))
+        found = neighbours.nearest_in_blocks([x.reshape(n, -1) for x in sets.values()], blocks,
+                                             [exclude.get(name) for name in sets], fast=True)
     distances = {name: f.distance for name, f in zip(sets, found, strict=True)}
     # 3. Every metric in the classifier's spaces, against the reference.
-    embedded = {name: embed(classifier, x, cfg.batch_size) for name, x in sets.items()}
+    with Progress("evaluate: features", total=n * len(sets)) as bar:
+        embedded = {name: embed(classifier, x, cfg.batch_size, bar) for name, x in sets.items()}
     reference = embedded["reference"]
     if n <= reference.features.shape[1]:
         # Covariances from N <= D points are singular, so FD is dominated by bias.

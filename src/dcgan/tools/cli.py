@@ -18,6 +18,7 @@ from dcgan.core.stage import stage_main
 from dcgan.tools import compare
 from dcgan.tools.arguments import names, positive_int
 from dcgan.tools.cli_bench import add_bench
+from dcgan.tools.cli_use import add_use
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(commands)
     _add_rebuild(commands)
     _add_sync(commands)
+    add_use(commands)
     add_bench(commands)
     _add_train_worker(commands)
     return parser

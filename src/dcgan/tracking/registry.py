@@ -7,6 +7,7 @@ The sync step (tracking.sync) registers a run's generator once and then moves th
 from __future__ import annotations
 
 import os
+import shutil
 from typing import TYPE_CHECKING, Any
 
 import mlflow
@@ -20,19 +21,40 @@ if TYPE_CHECKING:  # keras is imported where it is used, so `dcgan compare` star
 
 # Every trained generator becomes a version of this registered model.
 REGISTERED_MODEL = "dcgan-generator"
+# The pyfunc loader's module name inside each logged model (serving/pyfunc.py, copied).
+PYFUNC_MODULE = "dcgan_generator_pyfunc"
 
 
-class _KerasFlavor:
-    """`mlflow.keras` with the model directory made first: MLflow 3.17's Keras `save_model`
-    writes the input example before it creates that directory, so `log_model(...,
-    input_example=...)` fails with FileNotFoundError on input_example.json."""
+class _GeneratorFlavors:
+    """`mlflow.keras` plus a pyfunc flavour that answers with pictures (serving.pyfunc).
+
+    The Keras flavour stays as MLflow writes it, so `mlflow.keras.load_model(uri)` gives
+    the Keras generator; `mlflow models serve` and `mlflow.pyfunc.load_model` use the
+    pyfunc flavour, whose loader (serving/pyfunc.py) is copied into the model's `code/`
+    folder so that the model loads without the dcgan package.
+
+    Also makes the model directory first: MLflow 3.17's Keras `save_model` writes the
+    input example before it creates that directory, so `log_model(...,
+    input_example=...)` fails with FileNotFoundError on input_example.json.
+    """
 
     __name__ = "mlflow.keras"
 
     @staticmethod
-    def save_model(path: str, **kwargs: Any) -> None:
+    def save_model(path: str, mlflow_model: mlflow.models.Model, **kwargs: Any) -> None:
+        from mlflow import pyfunc
+
+        from dcgan.serving import pyfunc as loader
+
         os.makedirs(path, exist_ok=True)
-        mlflow.keras.save_model(path=path, **kwargs)
+        mlflow.keras.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
+        os.makedirs(os.path.join(path, "code"), exist_ok=True)
+        shutil.copyfile(loader.__file__, os.path.join(path, "code", f"{PYFUNC_MODULE}.py"))
+        flavor = mlflow_model.flavors.pop(pyfunc.FLAVOR_NAME)
+        pyfunc.add_to_model(mlflow_model, loader_module=PYFUNC_MODULE, code="code",
+                            conda_env=flavor.get("env", {}).get("conda"),
+                            python_env=flavor.get("env", {}).get("virtualenv"))
+        mlflow_model.save(os.path.join(path, "MLmodel"))
 
 
 def versions_of(run_id: str) -> list[int]:
@@ -43,21 +65,28 @@ def versions_of(run_id: str) -> list[int]:
 
 
 def log_generator(run_id: str, generator: keras.Model, tags: dict[str, str]) -> int:
-    """Log the generator to run `run_id` as an MLflow Keras model, with a signature and an
-    input example, and register it as a new version of `REGISTERED_MODEL` carrying `tags`.
+    """Log the generator to run `run_id` as an MLflow model with a Keras flavour and a
+    pyfunc flavour that answers with pixels (see `_GeneratorFlavors`), with a signature,
+    its `format` parameter and an input example, and register it as a new version of
+    `REGISTERED_MODEL` carrying `tags`.
 
     Returns:
         The new model version's number.
     """
-    requirements = [f"tensorflow=={_version('tensorflow')}", f"keras=={_version('keras')}"]
-    # Input: a batch of noise vectors z; output: images in [-1, 1].
+    from dcgan.serving.pyfunc import GeneratorImages
+
+    requirements = [f"tensorflow=={_version('tensorflow')}", f"keras=={_version('keras')}",
+                    f"pillow=={_version('pillow')}"]
+    # Input: a batch of noise vectors z; output: what the pyfunc flavour answers by default,
+    # uint8 pixels; the inference parameter `format` picks pixels, png or raw.
     z = np.random.default_rng(0).standard_normal((2, generator.input_shape[-1])).astype("float32")
-    signature = mlflow.models.infer_signature(z, np.asarray(generator(z, training=False)))
+    pixels = GeneratorImages(generator).predict(z)
+    signature = mlflow.models.infer_signature(z, pixels, params={"format": "pixels"})
     # MLflow 3 files the logged model under the active run's experiment: reopen the run
     # for this call only (RunLog itself never uses MLflow's active run).
     with mlflow.start_run(run_id=run_id):
         info = mlflow.models.Model.log(
-            artifact_path=None, name="generator", flavor=_KerasFlavor, model=generator,
+            artifact_path=None, name="generator", flavor=_GeneratorFlavors, model=generator,
             signature=signature, input_example=z, pip_requirements=requirements,
             registered_model_name=REGISTERED_MODEL,
         )

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from dcgan.training.checkpoints import (
 from dcgan.training.commit import GRID_ROWS, EpochCommit, EpochRecord
 from dcgan.training.distribution import Role, agree, lost_contact, make_strategy
 from dcgan.training.guards import CollapseWatch, DivergenceGuard
+from dcgan.training.progress import EpochProgress
 from dcgan.training.quality import FixedSampleFD
 from dcgan.training.selection import BEST, Selection, stopped_at
 
@@ -197,15 +197,17 @@ def _replica_batch(batch_size: int, role: Role) -> None:
                         f"{role.replicas} replicas; use a multiple of {role.replicas}")
 
 
-def _fit(gan: keras.Model, role: Role, dataset: tf.data.Dataset, epochs: int,
-         callbacks: list[keras.callbacks.Callback]) -> None:
-    """`fit()`, with Keras' progress bar on a terminal and one line per epoch in logs; with
-    several workers, a collective that fails because one is gone becomes one error line."""
-    verbose = 1 if sys.stdout.isatty() else 2
+def _fit(setup: Setup, epochs: int, callbacks: list[keras.callbacks.Callback],
+         selection: Selection | None = None) -> None:
+    """`fit()`, with one progress bar over all its steps on a terminal and a line per epoch
+    in logs (training.progress); with several workers, a collective that fails because one
+    is gone becomes one error line."""
     try:
-        gan.fit(dataset, epochs=epochs, callbacks=callbacks, shuffle=False, verbose=verbose)
+        with EpochProgress(epochs, setup.steps, selection) as progress:
+            setup.gan.fit(setup.batches.dataset, epochs=epochs, callbacks=[*callbacks, progress],
+                          shuffle=False, verbose=0)
     except tf.errors.OpError as err:
-        if role.kind != "multi_worker":
+        if setup.role.kind != "multi_worker":
             raise
         raise lost_contact(err) from None
 
@@ -229,7 +231,7 @@ def _finish_together(role: Role) -> None:
 def _train_worker(setup: Setup) -> dict:
     """A non-chief worker's part: the same steps in lockstep with the chief, checkpointed
     to resume, and nothing else (no outputs, no MLflow)."""
-    _fit(setup.gan, setup.role, setup.batches.dataset, setup.cfg.epochs, _callbacks(setup))
+    _fit(setup, setup.cfg.epochs, _callbacks(setup))
     _finish_together(setup.role)
     shutil.rmtree(setup.ckpt, ignore_errors=True)
     return {"worker": setup.role.worker, "weights_sha256": weights_sha256(setup.gan)}
@@ -271,8 +273,7 @@ def train(params: Params, data_file: Path, classifier_path: Path, out: TrainOutp
         save_run_id(setup.ckpt, run.run_id)
         record = _record(setup, classifier_path, progress, run)
         start = time.perf_counter()
-        _fit(setup.gan, setup.role, setup.batches.dataset, stop[0] if stop else cfg.epochs,
-             _callbacks(setup, record))
+        _fit(setup, stop[0] if stop else cfg.epochs, _callbacks(setup, record), record.selection)
         run.metrics({"train_seconds": time.perf_counter() - start})
         if stop:
             record.selection.stopped = stop[1]
