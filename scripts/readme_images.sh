@@ -7,3 +7,8 @@ cp data/generated/grid.png docs/grid.png
 cp data/generated/interpolation.png docs/interpolation.png
 cp data/train/progress.gif docs/progress.gif
 python scripts/quality_plot.py docs/quality.png
+# "Use the generator": a numbered grid to pick cells from, and the paper's latent arithmetic
+# on cells of that grid (bold zeros - thin zeros + thin sevens, for the default generator).
+dcgan sample models/generator.keras --n 64 --seed 0 --numbered --out docs/sample_grid.png
+dcgan sample models/generator.keras --n 64 --seed 0 \
+  --arithmetic "36,44,50 - 19,60,59 + 39,56,63" --out docs/arithmetic.png
