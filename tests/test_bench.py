@@ -49,3 +49,36 @@ def test_cli_rejects_a_bad_batch_size(capsys: pytest.CaptureFixture) -> None:
         main(["bench", "train", "--batch-size", "0"])
     assert exit_info.value.code == 2
     assert "expected a positive whole number, got '0'" in capsys.readouterr().err
+
+
+def test_flops_per_image_count_the_layers() -> None:
+    """The 64x64x3 paper nets (PyTorch's DCGAN widths) by hand, multiply-adds per image:
+    G: z->512 at 4x4 (1x1 input), then 4x4 kernels scattered from 4x4, 8x8, 16x16, 32x32
+    inputs; D: 4x4 kernels at 32x32, 16x16, 8x8, 4x4 outputs, then 8192 -> 1."""
+    from dcgan.tools.bench_peer import flops_per_image
+
+    g_macs = [100 * 512 * 16, 16 * 16 * 512 * 256, 64 * 16 * 256 * 128, 256 * 16 * 128 * 64,
+              1024 * 16 * 64 * 3]
+    d_macs = [1024 * 16 * 3 * 64, 256 * 16 * 64 * 128, 64 * 16 * 128 * 256, 16 * 16 * 256 * 512,
+              8192]
+    g, g1, d, d1 = 2 * sum(g_macs), 2 * g_macs[0], 2 * sum(d_macs), 2 * d_macs[0]
+    rest = 2 * d + 2 * (d - d1) + d + g + (g - g1)  # D's weight and input gradients, G's
+    expected = {"alternating": 2 * g + 3 * d + rest, "simultaneous": g + 2 * d + rest,
+                "reuse_fake": g + 3 * d + rest}
+    assert flops_per_image() == {k: round(v / 1e9, 4) for k, v in expected.items()}
+    assert flops_per_image()["alternating"] == pytest.approx(2.4839)  # about 2.5 GFLOP
+
+
+def test_peer_without_pytorch_is_one_line(capsys: pytest.CaptureFixture,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the benchmark-only dependency: one line naming the requirements file."""
+    import importlib.metadata
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: real("no-such-package")
+                        if name == "torch" else real(name))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "train", "--peer", "pytorch", "--results", "/dev/null"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: PyTorch is not installed") and "requirements-bench.txt" in err

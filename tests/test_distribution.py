@@ -145,7 +145,7 @@ print(json.dumps({
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("update", ["alternating", "simultaneous"])
+@pytest.mark.parametrize("update", ["alternating", "simultaneous", "reuse_fake"])
 def test_a_step_on_two_replicas_matches_one_device(tmp_path: Path, update: str) -> None:
     proc = run([sys.executable, "-c", ONE_STEP, update], tmp_path,
                env=clean_env(DCGAN_VIRTUAL_CPUS="2", PYTHONPATH=str(REPO / "src")))

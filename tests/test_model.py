@@ -322,3 +322,37 @@ def test_saved_model_bytes_depend_on_the_weights_only(tmp_path: Path) -> None:
         assert {i.date_time for i in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
     z = np.ones((2, tiny().latent_dim), np.float32)
     np.testing.assert_array_equal(load_model(paths[0], "-")(z), load_model(paths[1], "-")(z))
+
+
+def test_reuse_fake_step_is_pytorchs_step() -> None:
+    """update: reuse_fake takes D's step on real and on G(z), then G's step on that same
+    G(z) through the updated D (pytorch/examples dcgan/main.py), with one G pass: the same
+    weights as that step written out by hand, and not alternating's (fresh noise for G)."""
+    real = real_images(16, (16, 16, 1))
+    seed(3)
+    gan = build_gan(tiny(update="reuse_fake"), (16, 16, 1))
+    fit(gan, real)
+    seed(3)
+    ref = build_gan(tiny(), (16, 16, 1))  # same weights, same noise stream
+    bce = keras.losses.BinaryCrossentropy(from_logits=True)
+    ones, zeros = tf.ones((16, 1)), tf.zeros((16, 1))
+    z = ref.sample_noise(16)
+    fake = ref.generator(z, training=True)
+    with tf.GradientTape() as tape:
+        d_loss = (bce(ones, ref.discriminator(real, training=True))
+                  + bce(zeros, ref.discriminator(fake, training=True)))
+    d_vars = ref.discriminator.trainable_variables
+    ref.d_optimizer.apply_gradients(zip(tape.gradient(d_loss, d_vars), d_vars, strict=True))
+    with tf.GradientTape() as tape:
+        again = ref.generator(z, training=True)  # the same fake (BN in training mode)
+        g_loss = bce(ones, ref.discriminator(again, training=True))
+    g_vars = ref.generator.trainable_variables
+    ref.g_optimizer.apply_gradients(zip(tape.gradient(g_loss, g_vars), g_vars, strict=True))
+    for ours, theirs in ((gan.generator, ref.generator), (gan.discriminator, ref.discriminator)):
+        for a, b in zip(weights(ours), weights(theirs), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-6)
+    seed(3)
+    alternating = build_gan(tiny(), (16, 16, 1))
+    fit(alternating, real)
+    assert any(not np.allclose(a, b, atol=1e-6) for a, b in
+               zip(weights(gan.generator), weights(alternating.generator), strict=True))

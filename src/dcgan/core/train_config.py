@@ -61,10 +61,12 @@ class TrainConfig(Section):
         "auto", description="Keras dtype policy; auto: mixed_bfloat16 where bfloat16 is "
                             "native (GPU sm_80+, CPU AVX512_BF16 or AMX), else float32"
     )
-    update: Literal["alternating", "simultaneous"] = Field(
+    update: Literal["alternating", "simultaneous", "reuse_fake"] = Field(
         "alternating",
         description="alternating: D's step, then G's on fresh noise (two G forward passes); "
-                    "simultaneous: both from one G forward pass, as the TF tutorial",
+                    "simultaneous: both from one G forward pass, as the TF tutorial; "
+                    "reuse_fake: D's step, then G's on the same fake through the updated D "
+                    "(one G forward pass, as PyTorch's DCGAN example)",
     )
     steps_per_execution: int = Field(
         1, ge=1, le=1000, description="train steps per call of the compiled train function"

@@ -36,7 +36,7 @@ class DCGAN(keras.Model):
         self.discriminator = discriminator
         self.average, self.ema_schedule, self.batch = average, ema, batch
         self.latent_dim = latent_dim
-        self.update = update  # "alternating" or "simultaneous": see train_step
+        self.update = update  # "alternating", "simultaneous" or "reuse_fake": see train_step
         self.d_has_batchnorm = any(isinstance(layer, layers.BatchNormalization)
                                    for layer in discriminator.layers)
         # All noise comes from here, so a seed fixes every z the model draws.
@@ -115,6 +115,8 @@ class DCGAN(keras.Model):
         ones, zeros = ops.ones((batch, 1)), ops.zeros((batch, 1))
         if self.update == "simultaneous":
             d_loss, g_loss, real_logits, fake_logits = self._simultaneous_step(real, ones, zeros)
+        elif self.update == "reuse_fake":
+            d_loss, g_loss, real_logits, fake_logits = self._reuse_fake_step(real, ones, zeros)
         else:
             d_loss, g_loss, real_logits, fake_logits = self._alternating_step(real, ones, zeros)
         if self.average is not None:  # G has taken its step: the average follows
@@ -168,6 +170,27 @@ class DCGAN(keras.Model):
         g_grads = g_tape.gradient(g_loss, self.generator.trainable_variables)
         self._apply(self.d_optimizer, d_grads, self.discriminator)
         self._apply(self.g_optimizer, g_grads, self.generator)
+        return d_loss, g_loss, real_logits, fake_logits
+
+    def _reuse_fake_step(self, real: tf.Tensor, ones: tf.Tensor,
+                         zeros: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        # PyTorch's DCGAN step (pytorch/examples dcgan/main.py): one G forward pass. D steps
+        # on real images and on the fake as a constant (`fake.detach()`); then G's loss on
+        # that same fake through the updated D, back through the recorded G pass.
+        z = self.replica_noise(ops.shape(real)[0])
+        with tf.GradientTape() as g_tape:
+            fake = self.generator(z, training=True)
+            with g_tape.stop_recording():
+                with tf.GradientTape() as d_tape:
+                    real_logits, fake_logits = self.discriminate(real, tf.stop_gradient(fake))
+                    d_loss = (self._average(ones, real_logits)
+                              + self._average(zeros, fake_logits))
+                self._apply(self.d_optimizer,
+                            d_tape.gradient(d_loss, self.discriminator.trainable_variables),
+                            self.discriminator)
+            g_loss = self._average(ones, self.discriminator(fake, training=True))
+        self._apply(self.g_optimizer, g_tape.gradient(g_loss, self.generator.trainable_variables),
+                    self.generator)
         return d_loss, g_loss, real_logits, fake_logits
 
     @staticmethod

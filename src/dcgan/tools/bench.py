@@ -44,13 +44,14 @@ CONTENDERS = ("ours", "tutorial")
 
 def measure(contender: str, arch: str, batch_size: int, precision: str, steps: int,
             warmup: int, update: str = "alternating", steps_per_execution: int = 1,
-            image_size: int = 28, latent_dim: int = 100, filters: int = 64) -> float:
+            image_size: int = 28, latent_dim: int = 100, filters: int = 64,
+            channels: int = 1) -> float:
     """Images per second of `steps` train steps after `warmup` ones, in this process.
 
     Stateful (seeds, dtype policy, op determinism): call it in a fresh process, as
     `run_benchmark` does.
     """
-    shape = (image_size, image_size, 1)
+    shape = (image_size, image_size, channels)
     images = np.random.default_rng(0).uniform(-1, 1, (batch_size * 4, *shape)).astype("float32")
     if contender == "ours":
         seed_everything(0, precision)

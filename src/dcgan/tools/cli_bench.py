@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dcgan.core.errors import UserError
 from dcgan.tools.arguments import positive_int
 
 
@@ -30,11 +31,18 @@ def _add_train(kinds: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "float32, Adam 1e-4), alternating fresh processes.")
     train.add_argument("--arch", choices=["tutorial", "paper"], default="tutorial",
                        help="our architecture (default: %(default)s, the baseline's own)")
-    train.add_argument("--batch-size", type=positive_int, default=256, metavar="N",
-                       help="images per step, both contenders (default: %(default)s)")
+    train.add_argument("--batch-size", type=positive_int, metavar="N",
+                       help="images per step, both contenders (default: 256 against the "
+                            "tutorial, 128 against pytorch)")
     train.add_argument("--precision", choices=["float32", "mixed_bfloat16"],
                        default="float32", help="our dtype policy (default: %(default)s)")
-    train.add_argument("--update", choices=["alternating", "simultaneous"],
+    train.add_argument("--peer", choices=["tutorial", "pytorch"], default="tutorial",
+                       help="the contender: the TF tutorial's step, or PyTorch's DCGAN "
+                            "(pytorch/examples dcgan/main.py; paper arch at 64x64x3; needs "
+                            "requirements-bench.txt) (default: %(default)s)")
+    train.add_argument("--image-size", type=positive_int, metavar="PX",
+                       help="image side (default: 28 against the tutorial, 64 against pytorch)")
+    train.add_argument("--update", choices=["alternating", "simultaneous", "reuse_fake"],
                        default="alternating", help="our update (train.update; default: "
                                                    "%(default)s)")
     train.add_argument("--steps-per-execution", type=positive_int, default=1, metavar="N",
@@ -176,7 +184,17 @@ def _bench_train(args: argparse.Namespace) -> None:
     """Run the throughput benchmark; print and record it."""
     from dcgan.tools import bench
 
-    _record(bench.run_benchmark(args.arch, args.batch_size, args.precision, args.steps,
+    if args.peer == "pytorch":
+        from dcgan.tools import bench_peer
+
+        _record(bench_peer.run(args.precision, args.update, args.batch_size or 128,
+                               args.image_size or 64, args.steps, args.warmup, args.repeats,
+                               args.steps_per_execution), args.results)
+        return
+    if args.image_size:
+        raise UserError("--image-size is for --peer pytorch; against the tutorial the images "
+                        "are 28 px")
+    _record(bench.run_benchmark(args.arch, args.batch_size or 256, args.precision, args.steps,
                                 args.warmup, args.repeats, update=args.update,
                                 steps_per_execution=args.steps_per_execution), args.results)
 
