@@ -13,8 +13,9 @@ The record also holds what the step costs and what the machine can do:
 - `flops_per_image` for each update mode, counted from the layers of our model (convolution
   and dense multiply-adds x 2, forward, weight gradients and input gradients as each mode
   runs them; batch norm and activations are element-wise and left out);
-- the GEMM peak: the best of several 4096^3 matrix products (`tf.linalg.matmul`) in float32
-  and in bfloat16, all cores;
+- the GEMM peak: the best of several 4096^3 matrix products (`tf.linalg.matmul`) in the
+  step's precision (bfloat16 or float32), all cores, measured before and after the
+  contenders, the higher of the two;
 - our step's FLOP/s as a share of the peak of its precision.
 
 PyTorch is a benchmark-only dependency (requirements-bench.txt); nothing else imports it.
@@ -127,6 +128,54 @@ def gemm_peak(precision: str, n: int = 4096, repeats: int = 5) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
+def component_ms(precision: str, batch_size: int = 128, image_size: int = 64,
+                 repeats: int = 10) -> dict[str, float]:
+    """Median milliseconds of the parts of our step, each a `tf.function` on its own: G's
+    forward, G's forward and backward (weights), D's forward, D's forward and backward
+    (weights and input), and one Adam update of G. Where a precision gains or loses time.
+    Sets TF state: run it in a fresh process."""
+    import keras
+    import tensorflow as tf
+
+    from dcgan.core.config import TrainConfig
+    from dcgan.core.seeding import seed_everything
+    from dcgan.nets.architectures import Discriminator, Generator
+
+    seed_everything(0, precision)
+    cfg = TrainConfig(arch="paper", g_filters=64, d_filters=64, precision=precision)
+    g, d = Generator(cfg, (image_size, image_size, 3)), Discriminator(cfg, (image_size,) * 2 + (3,))
+    z = tf.random.stateless_normal((batch_size, 100), (0, 1))
+    x = tf.random.stateless_uniform((batch_size, image_size, image_size, 3), (0, 2), -1, 1)
+    adam = keras.optimizers.Adam(1e-3)
+    adam.build(g.trainable_variables)
+    ones = [tf.ones_like(v) * 1e-3 for v in g.trainable_variables]
+
+    def backward(net, inputs, also=()):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            total = tf.reduce_sum(tf.cast(net(inputs, training=True), tf.float32))
+        return tape.gradient(total, net.trainable_variables + list(also))
+
+    parts = {
+        "G forward": lambda: tf.reduce_sum(tf.cast(g(z, training=True), tf.float32)),
+        "G forward+backward": lambda: backward(g, z),
+        "D forward": lambda: tf.reduce_sum(tf.cast(d(x, training=True), tf.float32)),
+        "D forward+backward": lambda: backward(d, x, [x]),
+        "Adam on G": lambda: adam.apply_gradients(zip(ones, g.trainable_variables, strict=True)),
+    }
+    times = {}
+    for name, part in parts.items():
+        step = tf.function(part)
+        tf.nest.map_structure(np.asarray, step())
+        runs = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            tf.nest.map_structure(np.asarray, step())
+            runs.append(time.perf_counter() - start)
+        times[name] = round(1000 * statistics.median(runs), 1)
+    return times
+
+
 def flops_per_image(image_size: int = 64, channels: int = 3) -> dict[str, float]:
     """GFLOP per image of one train step in each update mode, from our paper model's layers.
 
@@ -177,7 +226,8 @@ def _forward_flops(net) -> tuple[float, float]:
 
 
 def run(precision: str, update: str, batch_size: int, image_size: int, steps: int,
-        warmup: int, repeats: int, steps_per_execution: int = 1) -> dict:
+        warmup: int, repeats: int, steps_per_execution: int = 1,
+        components: bool = False) -> dict:
     """Alternate ours and the peer, `repeats` fresh processes each; then the GEMM peak and
     the FLOP counts. The record `dcgan bench train --peer pytorch` prints.
 
@@ -200,12 +250,20 @@ def run(precision: str, update: str, batch_size: int, image_size: int, steps: in
     peer_args = dict(batch_size=batch_size, image_size=image_size, precision=precision,
                      steps=steps, warmup=warmup)
     rates: dict[str, list[float]] = {"ours": [], "pytorch": []}
+    # The peak before and after the contenders, each in a fresh process: the higher is the
+    # machine's (a neighbour's load or a lower clock only ever lowers one).
+    peaks = [in_fresh_process("dcgan.tools.bench_peer", "gemm_peak", {"precision": precision})]
     for _ in range(repeats):
         rates["ours"].append(in_fresh_process("dcgan.tools.bench", "measure", ours_args))
         rates["pytorch"].append(in_fresh_process("dcgan.tools.bench_peer", "torch_rate",
                                                  peer_args))
     ours, peer = (statistics.median(rates[n]) for n in ("ours", "pytorch"))
-    peak = in_fresh_process("dcgan.tools.bench_peer", "gemm_peak", {"precision": precision})
+    peaks.append(in_fresh_process("dcgan.tools.bench_peer", "gemm_peak", {"precision": precision}))
+    peak = max(peaks)
+    parts = {} if not components else {"component_ms": {
+        p: in_fresh_process("dcgan.tools.bench_peer", "component_ms",
+                            {"precision": p, "batch_size": batch_size, "image_size": image_size})
+        for p in ("float32", "mixed_bfloat16")}}
     flops = flops_per_image(image_size)
     achieved = flops[update] * ours  # GFLOP/s
     target = 1.3 if precision == "mixed_bfloat16" else 1.5
@@ -218,8 +276,9 @@ def run(precision: str, update: str, batch_size: int, image_size: int, steps: in
         "ours_over_pytorch": round(ours / peer, 3),
         "target": f"ours >= {target} x pytorch", "met": ours / peer >= target,
         "gflop_per_image": flops, "gemm_peak_gflops": round(peak, 1),
+        "gemm_peak_runs": [round(p, 1) for p in peaks],
         "ours_gflops": round(achieved, 1), "ours_share_of_peak": round(achieved / peak, 3),
         "pytorch_share_of_peak": round(flops["reuse_fake"] * peer / peak, 3),
-        "runs": {n: [round(r, 1) for r in v] for n, v in rates.items()},
+        "runs": {n: [round(r, 1) for r in v] for n, v in rates.items()}, **parts,
         "threads": os.cpu_count(), **machine(),
     }

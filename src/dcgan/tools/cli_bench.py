@@ -40,6 +40,9 @@ def _add_train(kinds: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        help="the contender: the TF tutorial's step, or PyTorch's DCGAN "
                             "(pytorch/examples dcgan/main.py; paper arch at 64x64x3; needs "
                             "requirements-bench.txt) (default: %(default)s)")
+    train.add_argument("--components", action="store_true",
+                       help="with --peer pytorch: also time the parts of our step (G and D "
+                            "forward, backward, Adam) in float32 and bfloat16")
     train.add_argument("--image-size", type=positive_int, metavar="PX",
                        help="image side (default: 28 against the tutorial, 64 against pytorch)")
     train.add_argument("--update", choices=["alternating", "simultaneous", "reuse_fake"],
@@ -189,7 +192,7 @@ def _bench_train(args: argparse.Namespace) -> None:
 
         _record(bench_peer.run(args.precision, args.update, args.batch_size or 128,
                                args.image_size or 64, args.steps, args.warmup, args.repeats,
-                               args.steps_per_execution), args.results)
+                               args.steps_per_execution, args.components), args.results)
         return
     if args.image_size:
         raise UserError("--image-size is for --peer pytorch; against the tutorial the images "
