@@ -151,22 +151,3 @@ def _quiet():
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
-
-def log_to_run(run_id: str, fmt: str, out: Path, diff: float) -> str:
-    """Log an export to the generator's MLflow run, under `exports/`, with its parity
-    figure as the metric `export.<fmt>.max_abs_diff`.
-
-    Returns:
-        The artifact path it was logged under.
-    """
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    if out.is_dir():
-        where = f"exports/{out.name}"
-        client.log_artifacts(run_id, str(out), where)
-    else:
-        where = f"exports/{out.name}"
-        client.log_artifact(run_id, str(out), "exports")
-    client.log_metric(run_id, f"export.{fmt}.max_abs_diff", diff)
-    return where

@@ -11,7 +11,6 @@ repo's mlflow.db). Each mistake is one UserError line naming what to use instead
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -45,13 +44,16 @@ def load(ref: str) -> Source:
         UserError: if `ref` names no model, an unset alias, a missing version or run, a
             file that is not a Keras model, or a model that is not a generator.
     """
+    from dcgan.tracking import logged
+
     if ref.startswith(URI_SCHEMES):
-        generator, run_id = _from_mlflow(ref)
+        generator, run_id = logged.load_generator(ref, REMEDY)
     else:
+        from dcgan.core.outputs import file_md5
         from dcgan.nets.serialisation import load_model
 
         generator = load_model(Path(ref), remedy=REMEDY)
-        run_id = _run_of_file(Path(ref))
+        run_id = logged.run_of_file(file_md5(Path(ref)))
     _check_generator(generator, ref)
     return Source(generator, run_id)
 
@@ -69,56 +71,6 @@ def float32_copy(generator: keras.Model) -> keras.Model:
     copy = generator.__class__.from_config(config)
     copy.set_weights(generator.get_weights())
     return copy
-
-
-def _from_mlflow(uri: str) -> tuple[keras.Model, str | None]:
-    """The Keras flavour of a logged model, and the run that logged it."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from dcgan.tracking.store import tracking_uri, use_store
-
-    use_store(create=False)
-    try:
-        info = mlflow.models.get_model_info(uri)
-        if "keras" not in info.flavors:
-            raise UserError(f"{uri}: a {', '.join(info.flavors)} model, not a Keras generator; "
-                            f"{REMEDY}")
-        generator = mlflow.keras.load_model(
-            uri, load_model_kwargs={"compile": False, "safe_mode": True})
-    except MlflowException as err:
-        raise UserError(f"{uri}: {_first_line(err.message)} in {tracking_uri()}; "
-                        f"{_hint(uri)}") from None
-    return generator, info.run_id
-
-
-def _hint(uri: str) -> str:
-    """What to do when `uri` names nothing in the store."""
-    if "@" in uri:
-        return ("`dcgan sync` sets best-<dataset> after a pipeline run; use a version "
-                "number instead (`mlflow ui`: Models lists them)")
-    if uri.startswith("runs:/"):
-        return "`dcgan compare` lists the runs; a run's model is runs:/<run id>/generator"
-    return "`mlflow ui` (Models) lists the registered versions; `dcgan sync` registers one"
-
-
-def _first_line(text: str) -> str:
-    return " ".join(text.strip().split("\n")[0].split()).rstrip(".")
-
-
-def _run_of_file(path: Path) -> str | None:
-    """The run tagged with the file's md5, if the store exists and has one."""
-    from dcgan.tracking import queries
-    from dcgan.tracking.store import tracking_uri
-
-    if tracking_uri().startswith("sqlite:///") and \
-            not Path(tracking_uri().removeprefix("sqlite:///")).exists():
-        return None
-    try:
-        runs = queries.runs_of_generator(hashlib.md5(path.read_bytes()).hexdigest())
-    except UserError:  # an unreachable server: the file itself is all that is needed
-        return None
-    return runs[0].info.run_id if runs else None
 
 
 def _check_generator(model: keras.Model, ref: str) -> None:

@@ -234,13 +234,13 @@ def run(precision: str, update: str, batch_size: int, image_size: int, steps: in
     Raises:
         UserError: if PyTorch is not installed.
     """
+    from importlib.metadata import PackageNotFoundError, version
+
     from dcgan.tools.bench import in_fresh_process, machine
 
     try:
-        from importlib.metadata import version
-
         torch_version = version("torch")
-    except Exception:  # PackageNotFoundError: the benchmark-only dependency is missing
+    except PackageNotFoundError:  # the benchmark-only dependency
         raise UserError("PyTorch is not installed: `pip install -r requirements-bench.txt -c "
                         "constraints-bench.txt` (the CPU build, benchmarks only)") from None
     ours_args = dict(contender="ours", arch="paper", batch_size=batch_size, precision=precision,

@@ -68,13 +68,15 @@ def _sample(args: argparse.Namespace) -> None:
     from dcgan.sampling.images import save_image
     from dcgan.serving import sample, source
 
+    given = _read_z(args.z) if args.z else None
     terms = pair = None
-    if args.arithmetic is not None:
-        n = len(_read_z(args.z)) if args.z else args.n
-        terms = sample.parse_arithmetic(args.arithmetic, n)  # before the slow model load
+    if args.arithmetic is not None:  # before the slow model load
+        terms = sample.parse_arithmetic(args.arithmetic,
+                                        args.n if given is None else len(given))
     generator = source.load(args.model).generator
     latent_dim = generator.input_shape[-1]
-    z = _read_z(args.z, latent_dim) if args.z else sample.latents(args.n, latent_dim, args.seed)
+    z = sample.latents(args.n, latent_dim, args.seed) if given is None else \
+        _check_width(given, args.z, latent_dim)
     if args.interpolate:
         pair = _pair(args.interpolate, len(z))
     if args.arithmetic is not None:
@@ -103,11 +105,11 @@ def _sample(args: argparse.Namespace) -> None:
           + (f"; {args.npy}: {images.shape} float32 in [-1, 1]" if args.npy else ""))
 
 
-def _read_z(path: Path, latent_dim: int | None = None):
+def _read_z(path: Path):
     """The z vectors of a .npy file.
 
     Raises:
-        UserError: if it is missing, not a 2-D float array, or of the wrong width.
+        UserError: if it is missing or not a 2-D array of numbers.
     """
     import numpy as np
 
@@ -119,11 +121,20 @@ def _read_z(path: Path, latent_dim: int | None = None):
     if z.ndim != 2 or not np.issubdtype(z.dtype, np.number) or len(z) == 0:
         raise UserError(f"--z {path}: holds an array of shape {z.shape} and dtype {z.dtype}; "
                         "expected numbers of shape (N, latent_dim)")
-    if latent_dim is not None and z.shape[1] != latent_dim:
+    return z.astype(np.float32)
+
+
+def _check_width(z, path: Path, latent_dim: int):
+    """`z`, if its vectors are the generator's width.
+
+    Raises:
+        UserError: if they are not.
+    """
+    if z.shape[1] != latent_dim:
         raise UserError(f"--z {path}: vectors of width {z.shape[1]}, but the generator takes "
                         f"z of width {latent_dim} (train.latent_dim); save z of shape "
                         f"(N, {latent_dim})")
-    return z.astype(np.float32)
+    return z
 
 
 def _pair(text: str, n: int) -> tuple[int, int]:
@@ -179,7 +190,9 @@ def _export(args: argparse.Namespace) -> None:
     diff = export.export(source.float32_copy(loaded.generator), args.format, out)
     logged = ""
     if loaded.run_id and not args.no_log:
-        where = export.log_to_run(loaded.run_id, args.format, out, diff)
+        from dcgan.tracking.logged import log_export
+
+        where = log_export(loaded.run_id, args.format, out, diff)
         logged = f"; logged to run {loaded.run_id[:8]} as {where}"
     elif not args.no_log:
         logged = "; not logged (no MLflow run has this generator)"
