@@ -27,6 +27,8 @@ import psutil
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# The pipeline's paths, as dvc.yaml names them once (e.g. PATHS["tracked"]).
+PATHS = yaml.safe_load((REPO / "dvc.yaml").read_text())["vars"][0]["paths"]
 
 # Tiny params: 16x16 images, a latent of 8, two epochs; the real pipeline otherwise.
 TINY = {

@@ -5,7 +5,9 @@ commands are the same with the dvc-s3 and dvc-gs plugins. A copy of the session'
 pipeline (its workspace and DVC cache, so nothing trains again) commits dvc.lock and the
 `cache: false` outs to git, as this repo does, adds the remote to .dvc/config and runs
 `dvc push`. A `git clone` of it then runs `dvc pull`, which must restore every out with the
-md5 in dvc.lock, after which `dvc status` and `dvc repro` find nothing to do.
+md5 in dvc.lock. A plain `dvc repro` then runs only track, whose output (what the MLflow
+store shows) is in neither git nor the remote, and so completes the clone's store: the run
+with every metric, the registered generator and its alias. A second finds nothing to do.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from dvc_repo import commit_all, copy_workspace, ran_stages, run
+from dvc_repo import PATHS, commit_all, copy_workspace, ran_stages, run
 from mlflow.tracking import MlflowClient
 
 STAGES = {"fetch", "preprocess", "classifier", "train", "generate", "evaluate", "probe",
           "track"}
+# The track stage's output: what the MLflow store shows, in neither git nor the remote.
+TRACKED = PATHS["tracked"]
 
 
 def _md5(path: Path) -> str:
@@ -92,13 +96,14 @@ def round_trip(pipeline: SimpleNamespace,
     status = run(["dvc", "status"], fresh)
     cloud = run(["dvc", "status", "--cloud"], fresh)
     mtimes = _files(fresh, outs)
-    repro = run(["dvc", "repro"], fresh)
     no_store = not (fresh / "mlflow.db").exists()
-    sync = run(["dcgan", "sync"], fresh)
+    # 4. A plain repro completes the clone's MLflow store; a second runs nothing.
+    repro = run(["dvc", "repro"], fresh)
+    again = run(["dvc", "repro"], fresh)
     return SimpleNamespace(origin=origin, storage=storage, fresh=fresh, outs=outs,
                            pushes=pushes, pull=pull, status=status, cloud=cloud, repro=repro,
-                           mtimes=mtimes, missing_before=missing_before,
-                           remote_commit=remote_commit, no_store=no_store, sync=sync)
+                           again=again, mtimes=mtimes, missing_before=missing_before,
+                           remote_commit=remote_commit, no_store=no_store)
 
 
 @pytest.mark.slow
@@ -124,9 +129,10 @@ def test_push_sends_each_cached_object_once(round_trip: SimpleNamespace) -> None
 @pytest.mark.slow
 def test_pull_restores_every_out_with_its_locked_md5(round_trip: SimpleNamespace) -> None:
     rt = round_trip
-    # Before the pull the clone has exactly the uncached outs, from git.
-    assert rt.missing_before == {o["path"] for o in rt.outs if o["cached"]}
-    for out in rt.outs:
+    # Before the pull the clone has exactly the uncached outs from git, which are all but
+    # track's (git ignores it, and the repro after the pull writes it).
+    assert rt.missing_before == {o["path"] for o in rt.outs if o["cached"]} | {TRACKED}
+    for out in (o for o in rt.outs if o["path"] != TRACKED):
         path = rt.fresh / out["path"]
         if out["md5"].endswith(".dir"):
             entries = _manifest(rt.fresh, out["md5"])
@@ -148,36 +154,46 @@ def test_pull_restores_every_out_with_its_locked_md5(round_trip: SimpleNamespace
 
 
 @pytest.mark.slow
-def test_pulled_clone_reruns_no_stage(round_trip: SimpleNamespace) -> None:
+def test_pulled_clone_reruns_only_track(round_trip: SimpleNamespace) -> None:
     rt = round_trip
-    assert rt.status.stdout.strip() == "Data and pipelines are up to date."
+    # After the pull, DVC misses only track's output, which no remote holds.
+    assert [line.split() for line in rt.status.stdout.strip().splitlines()] == [
+        ["track:"], ["changed", "outs:"], ["deleted:", TRACKED]]
     assert rt.cloud.stdout.strip() == "Cache and remote 'storage' are in sync."
-    assert ran_stages(rt.repro.stdout) == set()
-    *skipped, last = rt.repro.stdout.strip().splitlines()
+    assert ran_stages(rt.repro.stdout) == {"track"}
+    skipping = {line for line in rt.repro.stdout.splitlines() if line.endswith("skipping")}
+    assert skipping == {f"Stage '{stage}' didn't change, skipping"
+                        for stage in STAGES - {"track"}}
+    # Track touched no other output (its own holds the same bytes as in the origin,
+    # whose dvc.lock records them), and the clone's store exists only since the repro.
+    outs = [o for o in rt.outs if o["path"] != TRACKED]
+    assert _files(rt.fresh, outs) == rt.mtimes
+    assert _md5(rt.fresh / TRACKED) == next(o["md5"] for o in rt.outs if o["path"] == TRACKED)
+    assert rt.no_store and (rt.fresh / "mlflow.db").is_file()
+    *skipped, last = rt.again.stdout.strip().splitlines()
     assert sorted(skipped) == sorted(f"Stage '{stage}' didn't change, skipping"
                                      for stage in STAGES)
     assert last == "Data and pipelines are up to date."
-    # No stage touched a file, and none opened MLflow (train and track would create the
-    # clone's store, which git does not carry).
-    assert _files(rt.fresh, rt.outs) == rt.mtimes
-    assert rt.no_store
     assert run(["git", "status", "--porcelain"], rt.fresh).stdout == ""
 
 
 @pytest.mark.slow
-def test_sync_gives_the_pulled_clone_its_run_model_and_alias(round_trip: SimpleNamespace) -> None:
+def test_repro_gives_the_pulled_clone_its_run_model_and_alias(
+        round_trip: SimpleNamespace) -> None:
     rt = round_trip
-    result = json.loads(rt.sync.stdout.strip().splitlines()[-1])
-    assert result["created"] is True and result["best_version"] == result["version"] == 1
     client = MlflowClient(f"sqlite:///{rt.fresh / 'mlflow.db'}")
-    run_ = client.get_run(result["run_id"])
+    [run_] = client.search_runs([client.get_experiment_by_name("dcgan").experiment_id])
+    run_id = run_.info.run_id
+    [version] = client.search_model_versions("name = 'dcgan-generator'")
+    assert (int(version.version), version.run_id) == (1, run_id)
+    assert int(client.get_model_version_by_alias("dcgan-generator", "best-mnist-5k").version) == 1
     metrics = json.loads((rt.fresh / "data/metrics.json").read_text())
     probe = json.loads((rt.fresh / "data/probe.json").read_text())
     assert run_.data.metrics["frechet_distance"] == metrics["frechet_distance"]
     assert run_.data.metrics["kid"] == metrics["kid"]
     assert run_.data.metrics["probe_accuracy"] == probe["probe_accuracy"]
     epochs = len((rt.fresh / "data/train/history.csv").read_text().splitlines()) - 1
-    assert len(client.get_metric_history(result["run_id"], "d_loss")) == epochs
+    assert len(client.get_metric_history(run_id, "d_loss")) == epochs
     assert run_.data.tags["generator_md5"] == _md5(rt.fresh / "models/generator.keras")
     table = run(["dcgan", "compare"], rt.fresh).stdout
     for column in ("frechet_distance", "kid", "probe_accuracy"):

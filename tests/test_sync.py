@@ -4,8 +4,9 @@ Run with `pytest tests/test_sync.py -q`. The outputs are small files made here (
 generator, two epochs of history, metrics files and a dvc.lock naming their md5s) in a
 real MLflow SQLite store. Covers: a store with no run gets a complete new one; a second
 sync adds nothing; train's own run is completed rather than duplicated; metrics that
-dvc.lock says came from another generator stay out; the alias lands. The whole pipeline
-with `dcgan sync` in a fresh and a pulled clone is in test_pipeline and test_remote.
+dvc.lock says came from another generator stay out; the alias lands; what the store shows
+(the track stage's output) is told from the outputs alone. The whole pipeline, a plain
+`dvc repro` in a fresh and a pulled clone, is in test_pipeline and test_remote.
 """
 
 from __future__ import annotations
@@ -94,6 +95,14 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
     mlflow.set_tracking_uri(None)
 
 
+def _shown(paths: SyncPaths, measured: tuple[Path, ...], alias: str | None) -> dict:
+    """What sync should say the store shows: no run id, no version, whatever the store."""
+    return {"generator_md5": file_md5(paths.generator), "epochs": 2,
+            "metrics": {str(p): file_md5(p) for p in measured},
+            "registered_model": "dcgan-generator",
+            "alias": alias}
+
+
 def _counts(client: MlflowClient, run_id: str) -> dict:
     run = client.get_run(run_id)
     return {"metrics": {k: len(client.get_metric_history(run_id, k)) for k in run.data.metrics},
@@ -107,6 +116,7 @@ def test_a_store_without_the_run_gets_a_complete_one(store: MlflowClient, tmp_pa
     paths = _outputs(tmp_path)
     result = sync(paths)
     assert result["created"] is True and result["version"] == result["best_version"] == 1
+    assert result["shown"] == _shown(paths, (paths.metrics, paths.probe), "best-mnist-5k")
     run = store.get_run(result["run_id"])
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "paper-mnist-5k-4px"
@@ -155,6 +165,8 @@ def test_trains_own_run_is_completed_not_duplicated(store: MlflowClient, tmp_pat
         log.tags({"generator_md5": file_md5(paths.generator)})
     result = sync(paths)
     assert result["run_id"] == log.run_id and result["created"] is False
+    # The same outputs, the same record as for a run made afresh.
+    assert result["shown"] == _shown(paths, (paths.metrics, paths.probe), "best-mnist-5k")
     assert len(store.get_metric_history(log.run_id, "g_loss")) == 2  # not logged again
     assert store.get_run(log.run_id).data.metrics["probe_accuracy"] == 0.75
     assert _counts(store, log.run_id)["runs"] == 1
@@ -174,6 +186,7 @@ def test_metrics_of_another_generator_stay_out(store: MlflowClient, tmp_path: Pa
         f"warning: {paths.metrics} was not measured on this generator (dvc.lock); left out "
         "of the MLflow run: run `dvc repro` to measure it"]
     assert result["best_version"] is None  # no Fréchet distance, no alias
+    assert result["shown"] == _shown(paths, (paths.probe,), None)
 
 
 def test_missing_outputs_are_one_line_and_log_nothing(store: MlflowClient, tmp_path: Path) -> None:

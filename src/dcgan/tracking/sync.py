@@ -8,9 +8,12 @@ files, the registered generator, the evaluate and probe metrics, and the registr
 It finds the run by the generator's md5 (train logs it live, and tags it at the end). In
 a clone with no such run (pulled, restored from DVC's run-cache, or a new tracking
 server), it makes a new one from the outputs. It logs only what the run lacks, so a
-second sync adds nothing. The `track` stage of dvc.yaml runs it after every stage that
-changed something, and `dcgan sync` runs it by hand (after `dvc pull`, `dvc exp apply`,
-`git clone`).
+second sync adds nothing. The `track` stage of dvc.yaml runs it, and writes what it
+returns under `shown` as its output (dvc.yaml's `tracked`, neither cached nor in git): a
+plain `dvc repro` reruns track wherever that file is absent or differs, which covers a
+fresh clone, `dvc pull`, `dvc exp apply` and `dvc checkout`. `dcgan sync` runs the stage's
+command by hand, for the one case DVC cannot see: a store that was deleted or replaced
+(another `MLFLOW_TRACKING_URI`) while the file stayed.
 
 Metrics are taken only when dvc.lock says they were measured on this generator: a
 `dvc repro train` alone leaves an older generator's metrics.json in place, and those
@@ -32,7 +35,7 @@ from PIL import Image
 from dcgan.core.errors import UserError
 from dcgan.core.outputs import file_md5
 from dcgan.tracking import protocol, queries, registry
-from dcgan.tracking.runfile import default_run_name, kept_tag, read_run_file
+from dcgan.tracking.runfile import RunRecord, default_run_name, kept_tag, read_run_file
 from dcgan.tracking.runlog import RunLog
 
 
@@ -103,10 +106,12 @@ def _train_part(log: RunLog, paths: SyncPaths, ema: bool) -> int:
     return logged
 
 
-def _downstream_part(log: RunLog, paths: SyncPaths, lock: _Lock, md5: str) -> int:
+def _downstream_part(log: RunLog, paths: SyncPaths, lock: _Lock,
+                     md5: str) -> tuple[int, list[Path]]:
     """Generate's pictures, evaluate's and probe's metrics, where dvc.lock says they come
-    from this generator; each stage's params as tags. Returns how many were logged."""
-    logged = 0
+    from this generator; each stage's params as tags. Returns how many were logged and
+    the metrics files the run shows."""
+    logged, shown = 0, []
     from_this = not lock.stages or lock.md5("generate", "deps", paths.generator) == md5
     if from_this:
         pictures = [paths.generated / "grid.png", paths.generated / "interpolation.png"]
@@ -116,6 +121,7 @@ def _downstream_part(log: RunLog, paths: SyncPaths, lock: _Lock, md5: str) -> in
         metrics = _json(paths.metrics)
         measured_under = metrics.pop("protocol", None)
         logged += log.metrics(metrics)  # numbers only: kept.epoch, not kept.generator
+        shown.append(paths.metrics)
         if measured_under:
             log.tags(protocol.tags(measured_under))
         if metrics.get("kept"):
@@ -125,12 +131,13 @@ def _downstream_part(log: RunLog, paths: SyncPaths, lock: _Lock, md5: str) -> in
     trained = lock.md5("train", "outs", paths.discriminator)
     if lock.produced("probe", paths.probe, paths.discriminator, trained or None):
         logged += log.metrics(_json(paths.probe))
+        shown.append(paths.probe)
     else:
         _stale(paths.probe)
     for stage in ("generate", "evaluate", "probe"):
         section = lock.params(stage).get(stage, {})
         log.tags({f"{stage}.{k}": v for k, v in section.items()})
-    return logged
+    return logged, shown
 
 
 def _json(path: Path) -> dict:
@@ -147,7 +154,9 @@ def sync(paths: SyncPaths) -> dict:
 
     Returns:
         The run id, whether the run was made now, how many values and files were logged,
-        the registered version and the version the `best-<dataset>` alias names.
+        the registered version, the version the `best-<dataset>` alias names, and under
+        `shown` the same facts free of the store's ids (`_shown`), for the track stage's
+        output.
 
     Raises:
         UserError: if the run file is missing or broken, a train output is missing, or the
@@ -166,7 +175,8 @@ def sync(paths: SyncPaths) -> dict:
     with RunLog.open(record.params, tags, name,
                      resume=runs[0].info.run_id if runs else None) as log:
         logged = _train_part(log, paths, bool(record.params.get("train.ema_half_life")))
-        logged += _downstream_part(log, paths, lock, record.generator_md5)
+        downstream, measured = _downstream_part(log, paths, lock, record.generator_md5)
+        logged += downstream
         versions = registry.versions_of(log.run_id)
         if not versions:
             from dcgan.nets.serialisation import load_model  # TensorFlow: only when needed
@@ -176,4 +186,24 @@ def sync(paths: SyncPaths) -> dict:
             logged += 1
     alias = registry.promote_best(log.run_id)
     return {"run_id": log.run_id, "created": not runs, "logged": logged,
-            "version": versions[-1], "best_version": alias}
+            "version": versions[-1], "best_version": alias,
+            "shown": _shown(record, paths, measured)}
+
+
+def _shown(record: RunRecord, paths: SyncPaths, measured: list[Path]) -> dict:
+    """What the store shows once `sync` is done, told from the outputs alone: no run id,
+    no version number, no time, so that the same outputs give the same bytes in any clone
+    and store (the track stage's output, whose md5 dvc.lock records).
+
+    The metrics files shown are named with their md5, not just their names: after `dvc exp
+    apply` of an experiment with the same generator but other metrics (another probe seed),
+    the file differs, so DVC reruns track, which updates the run's values. The alias is the
+    one this run's Fréchet distance competes for, whichever version it names."""
+    dataset = record.tags.get("dataset")
+    scored = paths.metrics in measured and isinstance(
+        _json(paths.metrics).get("frechet_distance"), int | float)
+    return {"generator_md5": record.generator_md5,
+            "epochs": len(_rows(paths.history)),
+            "metrics": {str(p): file_md5(p) for p in measured},
+            "registered_model": registry.REGISTERED_MODEL,
+            "alias": registry.best_alias(dataset) if scored and dataset else None}
