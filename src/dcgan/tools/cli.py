@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(commands)
     _add_rebuild(commands)
     _add_sync(commands)
+    _add_preset(commands)
     add_use(commands)
     add_bench(commands)
     _add_train_worker(commands)
@@ -142,9 +143,10 @@ def _add_sync(commands: argparse._SubParsersAction) -> None:
         description="Run dvc.yaml's track stage command: find or make the MLflow run of the "
                     "generator in the DVC outputs and log what it lacks (history, curves, "
                     "grids, files, metrics, the registered model and the best-<dataset> "
-                    "alias). Run it after `git clone` + `dvc repro`, `dvc pull`, `dvc exp "
-                    "apply` or `dvc checkout`; a second sync adds nothing. "
-                    "scripts/pipeline.sh runs it after `dvc repro`.")
+                    "alias). `dvc repro` runs it wherever the stage's output is absent "
+                    "(a fresh clone, `dvc pull`, `dvc exp apply`, `dvc checkout`); run it "
+                    "by hand when the store was deleted or MLFLOW_TRACKING_URI names another "
+                    "one. A second sync adds nothing.")
     parser.add_argument("--repo", type=Path, default=Path("."), metavar="DIR",
                         help="the project clone (default: the current directory)")
     parser.set_defaults(handler=_sync)
@@ -172,6 +174,30 @@ def _run_stage(repo: Path, name: str) -> None:
     code = subprocess.run(stage_command(repo, name), shell=True, cwd=repo).returncode
     if code:
         raise SystemExit(code)
+
+
+def _add_preset(commands: argparse._SubParsersAction) -> None:
+    """Declare `dcgan preset`."""
+    parser = commands.add_parser(
+        "preset", help="print a params preset as `dvc exp run` arguments",
+        description="Check the preset presets/NAME.yaml against params.yaml and print it as "
+                    "`-S key=value` arguments: `dvc exp run -n NAME $(dcgan preset NAME)`.")
+    parser.add_argument("name", metavar="NAME", help="the preset (a file in presets/)")
+    parser.add_argument("--repo", type=Path, default=Path("."), metavar="DIR",
+                        help="the project clone (default: the current directory)")
+    parser.set_defaults(handler=_preset)
+
+
+def _preset(args: argparse.Namespace) -> None:
+    """Print the preset's `-S` arguments.
+
+    Raises:
+        UserError: an unknown preset, or one that makes the params invalid.
+    """
+    from dcgan.tools import presets
+
+    settings = presets.overrides(args.name, args.repo / "presets", args.repo / "params.yaml")
+    print(presets.set_params_arguments(settings))
 
 
 def _add_train_worker(commands: argparse._SubParsersAction) -> None:
