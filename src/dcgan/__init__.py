@@ -1,6 +1,6 @@
 """dcgan: the package behind the DVC pipeline, one subpackage per concern (core, data,
 dataset, nets, features, evaluation, sampling, training, tracking, tools). Stage scripts
-in stages/ are its entry points; each depends on what it imports (README: Layout)."""
+in stages/ are its entry points; each depends on what it imports (docs/development.md)."""
 
 import os
 

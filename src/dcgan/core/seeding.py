@@ -2,7 +2,8 @@
 
 Every stage that trains or samples calls `seed_everything` before it builds a model, so the
 same params give the same bytes: weights, samples, metrics (two clean `dvc repro` runs give
-identical md5s in dvc.lock). Op determinism costs little here; the README gives the figure.
+identical md5s in dvc.lock). Op determinism costs little here; docs/reproducibility.md gives
+the figure.
 The dtype policy is set here too: `auto` resolves to mixed_bfloat16 where the hardware
 computes bfloat16 natively, float32 elsewhere (emulated bfloat16 ran about 20x slower).
 """

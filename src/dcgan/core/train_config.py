@@ -12,8 +12,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Each architecture's Adam where train.lr, g_lr and d_lr are null: ((G's, D's learning rate),
-# beta1). paper: this project's recipe, two time-scales with G's rate 4x D's (README: The best
-# generator; the paper itself used 2e-4 for both); tutorial: the tutorial's own.
+# beta1). paper: this project's recipe, two time-scales with G's rate 4x D's (docs/recipe.md;
+# the paper itself used 2e-4 for both); tutorial: the tutorial's own.
 ARCH_ADAM = {"paper": ((4e-3, 1e-3), 0.5), "tutorial": ((1e-4, 1e-4), 0.9)}
 
 

@@ -9,7 +9,7 @@ Raw layout (fetch's out_dir), one of:
     manifest.json   the folder's or archive's image names,    dataset: folder
                     labels and content md5 (imagefiles.py)
 A folder is never copied: the manifest's md5 changes when any image does, so DVC reruns
-preprocess exactly then (fetch is `always_changed` in dvc.yaml: it rehashes every run).
+preprocess exactly then (DVC hashes the folder, `fetch.folder`, as a dependency of fetch).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # TensorFlow loads when an export runs, not when `dcgan --hel
 FORMATS = {"saved_model": "", "tflite": ".tflite", "onnx": ".onnx"}
 # Largest absolute difference allowed between an export's images and Keras' (tanh output
 # in [-1, 1]; a pixel step is 2/255 = 0.0078). Measured on the default generator: 0 for the
-# SavedModel, about 1e-6 for TFLite and ONNX (README: Use the generator).
+# SavedModel, about 1e-6 for TFLite and ONNX (docs/serving.md).
 TOLERANCE = 1e-4
 # The parity check's z: fixed, so that an export is always checked on the same inputs.
 PARITY_SEED, PARITY_BATCH = 0, 16

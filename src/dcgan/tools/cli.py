@@ -228,7 +228,7 @@ def _train_worker(args: argparse.Namespace) -> None:
     config = tf_config()
     if config is None:
         raise UserError("TF_CONFIG is not set; set it to this machine's task in the cluster "
-                        "(README: Scaling out)")
+                        "(docs/scaling.md)")
     if task_rank(config)[0] == 0:
         raise UserError("TF_CONFIG makes this machine the chief; run `dvc repro` here instead")
     kind = load_params(args.repo / "params.yaml").train.distribution

@@ -2,7 +2,7 @@
 
 Both take MODEL as a `.keras` file, `models:/dcgan-generator/<version>`,
 `models:/dcgan-generator@<alias>` or `runs:/<run id>/generator` (serving.source). Serving
-is MLflow's own `mlflow models serve` (README: Use the generator).
+is MLflow's own `mlflow models serve` (docs/serving.md).
 """
 
 from __future__ import annotations

@@ -134,7 +134,7 @@ def durations(runs: pd.DataFrame) -> pd.Series:
     """Each run's training time as `1h02m05s`, `5m37s` or `42s`; NaN when unknown.
 
     From the `train_seconds` metric; runs logged before it existed fall back to the run's
-    wall-clock span, which also covers the generate and evaluate stages that reopen the run.
+    wall-clock span, which also covers the generate and evaluate stages that follow train.
     """
     seconds = _column(runs, "metrics.train_seconds").astype(float)
     span = (runs["end_time"] - runs["start_time"]).dt.total_seconds()

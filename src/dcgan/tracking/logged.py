@@ -69,8 +69,8 @@ def log_export(run_id: str, fmt: str, out: Path, diff: float) -> str:
 def _hint(uri: str) -> str:
     """What to do when `uri` names nothing in the store."""
     if "@" in uri:
-        return ("`dcgan sync` sets best-<dataset> after a pipeline run; use a version "
+        return ("`dvc repro` sets best-<dataset> once a run is scored; use a version "
                 "number instead (`mlflow ui`: Models lists them)")
     if uri.startswith("runs:/"):
         return "`dcgan compare` lists the runs; a run's model is runs:/<run id>/generator"
-    return "`mlflow ui` (Models) lists the registered versions; `dcgan sync` registers one"
+    return "`mlflow ui` (Models) lists the registered versions; `dvc repro` registers one"

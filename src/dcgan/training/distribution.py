@@ -109,7 +109,7 @@ def make_strategy(kind: str) -> Role:
     if config is None:
         raise UserError(
             "train.distribution is multi_worker but TF_CONFIG is not set; set it on every "
-            "machine (README: Scaling out), or use train.distribution: auto")
+            "machine (docs/scaling.md), or use train.distribution: auto")
     rank, count = task_rank(config)
     print(f"multi_worker: task {rank} of {count} (0 is the chief); waiting until every task in "
           "TF_CONFIG has joined", file=sys.stderr, flush=True)
