@@ -58,12 +58,38 @@ def float32_policy_after():
     keras.mixed_precision.set_dtype_policy("float32")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def head_start(request: pytest.FixtureRequest,
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
-    """The session's slowest setup, started in the background before the first test, so
-    that it runs beside the in-process tests (a tiny `dvc repro` keeps about one of two
-    cores busy) instead of after them. Only what the session's tests use:
+# The fixtures of the end-to-end tests that share the session's tiny pipeline (`head_start`).
+PIPELINE_FIXTURES = ("pipeline", "killed_and_resumed", "served")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config,
+                                  items: list[pytest.Item]) -> Iterator[None]:
+    """Under pytest-xdist (`-n 2 --dist loadgroup`, pyproject's addopts), every test that
+    uses the shared pipeline runs on one worker: the tests change the pipeline's repo in
+    turn, and a session fixture runs once per worker, so a second worker would build
+    another. It is the largest group, so the scheduler hands it out first, and the
+    pipeline starts with that worker's first test; the other worker takes everything else.
+
+    xdist groups by a suffix `@<group>` that its own hook adds to each marked test's node
+    id; with pytest 9.2 that no longer takes (pytest-xdist#1386: pytest keeps the id in
+    `_id` now), so where the suffix is missing after every hook ran, it is added here."""
+    for item in items:
+        if set(PIPELINE_FIXTURES) & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("pipeline"))
+    result = yield
+    if hasattr(config, "workerinput") and config.getoption("loadgroup", False):
+        for item in items:
+            mark = item.get_closest_marker("xdist_group")
+            if mark is not None and "@" not in item.nodeid:
+                item._id = type(item._id).parse(f"{item.nodeid}@{mark.args[0]}")
+    return result
+
+
+class HeadStart:
+    """The session's slowest setup, run in the background (`Background`) beside the
+    in-process tests (a tiny `dvc repro` keeps about one of two cores busy) instead of
+    after them. Only what the session's tests use:
 
     - `pipeline`: a `Background` whose result is the `pipeline` fixture's value;
     - `resume`: a `Background` running test_resume.py's kill-and-resume scenario
@@ -74,14 +100,36 @@ def head_start(request: pytest.FixtureRequest,
       as soon as its repro ends, before any test changes it; None where PostgreSQL
       cannot run (`postgres_server.unavailable()` says why).
 
-    Each is None where the session does not use it. Their commands get the environment as
-    it is now, before any test changes os.environ.
+    Each is None where the session does not use it. `start()` starts them all, once; asking
+    for one starts them too. Their commands get the environment as it is at the start.
     """
-    session = request.session
-    jobs = SimpleNamespace(pipeline=None, resume=None, served=None)
-    resume = _session_uses(session, "killed_and_resumed")
-    served = _session_uses(session, "served") and postgres_server.unavailable() is None
-    if _session_uses(session, "pipeline") or resume or served:
+
+    def __init__(self, session: pytest.Session, tmp_path_factory: pytest.TempPathFactory):
+        self._session, self._tmp = session, tmp_path_factory
+        self._jobs: SimpleNamespace | None = None
+
+    @property
+    def pipeline(self) -> Background | None:
+        return self.start().pipeline
+
+    @property
+    def resume(self) -> Background | None:
+        return self.start().resume
+
+    @property
+    def served(self) -> Background | None:
+        return self.start().served
+
+    def start(self) -> SimpleNamespace:
+        """Start the jobs the session's tests use (once); returns them."""
+        if self._jobs is not None:
+            return self._jobs
+        session, tmp_path_factory = self._session, self._tmp
+        jobs = self._jobs = SimpleNamespace(pipeline=None, resume=None, served=None)
+        resume = _session_uses(session, "killed_and_resumed")
+        served = _session_uses(session, "served") and postgres_server.unavailable() is None
+        if not (_session_uses(session, "pipeline") or resume or served):
+            return jobs
         env = clean_env()
         path = tmp_path_factory.mktemp("clone")
         commit = make_clone(path)
@@ -105,18 +153,36 @@ def head_start(request: pytest.FixtureRequest,
         if served:
             jobs.served = Background(
                 lambda: postgres_server.track_on_postgres(pg_root, jobs.pipeline, env))
+        return jobs
+
+    def finish(self) -> None:
+        """Let the jobs end (tests stopped early: -x, ^C), and stop the servers still
+        running."""
+        if self._jobs is None:
+            return
+        for job in (self._jobs.pipeline, self._jobs.resume, self._jobs.served):
+            if job is not None:
+                job.join()
+        if self._jobs.served is not None:
+            with contextlib.suppress(BaseException):
+                self._jobs.served.result().stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def head_start(request: pytest.FixtureRequest,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[HeadStart]:
+    """The session's `HeadStart`, started before the first test. Under pytest-xdist it
+    starts when a test first asks for it instead: only the worker that runs the pipeline's
+    group (see `pytest_collection_modifyitems`) builds the pipeline, from its first test."""
+    jobs = HeadStart(request.session, tmp_path_factory)
+    if not hasattr(request.config, "workerinput"):  # not an xdist worker
+        jobs.start()
     yield jobs
-    # Tests stopped early (-x, ^C): let the jobs end, and stop the servers still running.
-    for job in (jobs.pipeline, jobs.resume, jobs.served):
-        if job is not None:
-            job.join()
-    if jobs.served is not None:
-        with contextlib.suppress(BaseException):
-            jobs.served.result().stop()
+    jobs.finish()
 
 
 @pytest.fixture(scope="session")
-def pipeline(head_start: SimpleNamespace) -> SimpleNamespace:
+def pipeline(head_start: HeadStart) -> SimpleNamespace:
     """A tiny copy of this repo in a git repo, after one real `dvc repro` (about a minute,
     started by `head_start` before the first test).
 

@@ -418,13 +418,15 @@ MODEL_CASES = [
          "run the train stage", setup=valid("data")),
 ]
 
+# Real train processes, which start TensorFlow before they fail: slow (seconds each).
 TRAIN_CASES = [
     param("train-mlflow-server-unreachable", "train", "MLflow tracking server http://127.0.0.1:",
          "(MLFLOW_TRACKING_URI) is unreachable", "Connection refused", "unset",
-         setup=unreachable_tracking, real_process=True),
+         setup=unreachable_tracking, real_process=True, marks=pytest.mark.slow),
     # Per-epoch files wait in the checkpoint until training succeeds: no output changes.
     param("train-disk-full-at-checkpoint", "train", PATHS["checkpoints"],
-         "No space left on device", "free space there", setup=full_disk, real_process=True),
+         "No space left on device", "free space there", setup=full_disk, real_process=True,
+         marks=pytest.mark.slow),
 ]
 
 
@@ -515,7 +517,7 @@ USE_CASES = [
                  ("models:/dcgan-generator/7", "version=7) not found", "`mlflow ui`"),
                  id="sample-version-missing"),
     pytest.param(["sample", "models:/dcgan-generator@best-cifar10"],
-                 ("alias best-cifar10 not found", "`dcgan sync` sets best-<dataset>"),
+                 ("alias best-cifar10 not found", "`dvc repro` sets best-<dataset>"),
                  id="sample-alias-not-set"),
     pytest.param(["export", "runs:/0123456789abcdef0123456789abcdef/generator", "--format",
                   "onnx"], ("Run with id=0123456789abcdef0123456789abcdef not found",

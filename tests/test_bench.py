@@ -25,6 +25,7 @@ def test_measure_times_real_steps(contender: str) -> None:
     assert 0 < rate < 1e6
 
 
+@pytest.mark.slow
 def test_run_benchmark_alternates_fresh_processes(tmp_path: Path) -> None:
     record = bench.run_benchmark("paper", 8, "mixed_bfloat16", steps=2, warmup=1, repeats=1,
                                  **TINY)

@@ -31,6 +31,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "params_file": params}
 
 
+@pytest.mark.slow
 def test_curve_scores_every_epoch_with_cumulative_seconds(files: dict) -> None:
     points = bench_quality.curve("ours", epochs=2, latent_dim=8, **files)
     assert [p["epoch"] for p in points] == [1, 2]
@@ -38,11 +39,13 @@ def test_curve_scores_every_epoch_with_cumulative_seconds(files: dict) -> None:
     assert all(p["frechet_distance"] > 0 for p in points)
 
 
+@pytest.mark.slow
 def test_curve_stops_at_the_threshold(files: dict) -> None:
     points = bench_quality.curve("tutorial", epochs=3, threshold=1e9, latent_dim=8, **files)
     assert [p["epoch"] for p in points] == [1]
 
 
+@pytest.mark.slow
 def test_run_takes_the_threshold_from_the_tutorial_curve(files: dict) -> None:
     record = bench_quality.run(threshold=None, threshold_epoch=2, max_epochs=2, latent_dim=8,
                                **files)

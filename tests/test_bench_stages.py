@@ -84,6 +84,7 @@ def test_stage_commands_name_an_undefined_variable(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- stage memory
 
 
+@pytest.mark.slow
 def test_stage_memory_runs_preprocess_on_60k_images_in_a_copy() -> None:
     record = bench_stages.stage_memory("60k", train_epochs=2, until="preprocess", repo=REPO)
     assert record["benchmark"] == "stage_memory" and record["images"] == 60_000

@@ -73,6 +73,7 @@ def test_training_separates_classes_and_moves_weights(data, trained):
     assert all(not np.allclose(before, after) for before, after in pairs)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_weights(data, trained):
     again, _ = train_classifier(*data, CFG)
     other, _ = train_classifier(*data, CFG.model_copy(update={"seed": 1}))

@@ -167,6 +167,7 @@ def tf_runs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     return SimpleNamespace(**runs)
 
 
+@pytest.mark.slow
 def test_a_stages_tensorflow_error_prints_without_the_noise(tf_runs: SimpleNamespace) -> None:
     run = tf_runs.reshape
     assert NOISY.findall(run.err) == []
@@ -176,6 +177,7 @@ def test_a_stages_tensorflow_error_prints_without_the_noise(tf_runs: SimpleNames
     assert run.code == 1
 
 
+@pytest.mark.slow
 def test_dcgan_tf_logs_shows_what_the_filter_drops(tf_runs: SimpleNamespace) -> None:
     """The noise is real here: with DCGAN_TF_LOGS=1 the same run prints it."""
     run = tf_runs.logs
@@ -185,6 +187,7 @@ def test_dcgan_tf_logs_shows_what_the_filter_drops(tf_runs: SimpleNamespace) -> 
     assert "Input to reshape is a tensor with 6 values" in run.err
 
 
+@pytest.mark.slow
 def test_a_fatal_tensorflow_error_and_the_crash_still_print(tf_runs: SimpleNamespace) -> None:
     """TensorFlow logs a CHECK failure and aborts: the watchdog passes on all the child
     wrote before it died, then its own line."""
@@ -200,6 +203,7 @@ def test_a_fatal_tensorflow_error_and_the_crash_still_print(tf_runs: SimpleNames
     assert run.code == 128 + signal.SIGABRT
 
 
+@pytest.mark.slow
 def test_the_dcgan_command_prints_no_noise(tf_runs: SimpleNamespace) -> None:
     run = tf_runs.command
     assert (run.code, run.out, run.err) == (0, "6.0\n", "stage: starting\n")

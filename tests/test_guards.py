@@ -156,6 +156,7 @@ def test_labels_with_pickled_objects_are_refused(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_model_with_code_inside_is_refused(tmp_path: Path) -> None:
     """A .keras file with a Lambda layer would run its code on load; safe_mode refuses it."""
     marker = tmp_path / "pwned"

@@ -77,6 +77,7 @@ def test_load_weights_file_in_both_formats_is_unverified(weights, fmt):
     assert model.output_shape == (None, 1000)
 
 
+@pytest.mark.slow
 def test_official_md5_makes_the_file_verified(weights, monkeypatch, caplog):
     monkeypatch.setattr(inception, "WEIGHTS_MD5", file_md5(weights.legacy))
     _, verified = inception.load_inception(str(weights.legacy))
@@ -132,6 +133,7 @@ def test_outputs_reject_bad_images(weights, images, words):
         inception.inception_outputs(weights.model, images, batch_size=2)
 
 
+@pytest.mark.slow
 def test_unverified_metrics_have_their_own_keys_and_a_warning(weights, caplog):
     # One Fréchet distance per test: in 2048 dimensions it takes seconds on 2 cores.
     samples = _images(6)

@@ -292,6 +292,7 @@ def _initial_weights_md5s(*seeds: int) -> list[str]:
     return [out.split()[-1] for out, _ in outs]
 
 
+@pytest.mark.slow
 def test_initial_weights_repeat_across_processes() -> None:
     # In-process repeats can hide seeds drawn at import time; fresh processes cannot.
     first, second, other = _initial_weights_md5s(42, 42, 7)

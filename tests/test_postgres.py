@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import postgres_server
 import psycopg
@@ -22,9 +23,12 @@ import pytest
 from dvc_repo import clean_env, ran_stages, run
 from mlflow.tracking import MlflowClient
 
+if TYPE_CHECKING:
+    from conftest import HeadStart
+
 
 @pytest.fixture(scope="module")
-def served(head_start: SimpleNamespace) -> Iterator[SimpleNamespace]:
+def served(head_start: HeadStart) -> Iterator[SimpleNamespace]:
     """The tracked stages (train, generate, evaluate, probe) of a private copy of the
     session's tiny pipeline, rerun by `dvc repro -f --downstream train` and tracked by
     `mlflow server` on a throw-away PostgreSQL with its artifacts under a shared directory

@@ -323,6 +323,7 @@ def test_probe_stage_rejects_d_for_other_images(store, tmp_path):
     assert not paths["metrics_file"].exists()
 
 
+@pytest.mark.slow
 def test_stage_script_reports_a_bad_path_in_one_line(tmp_path):
     args = ["--params", str(REPO / "params.yaml"), "--data", str(tmp_path / "missing"),
             "--discriminator", str(tmp_path / "d.keras"), "--metrics",

@@ -14,14 +14,18 @@ epoch logged once.
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+if TYPE_CHECKING:
+    from conftest import HeadStart
+
 
 @pytest.fixture(scope="module")
-def killed_and_resumed(head_start: SimpleNamespace) -> SimpleNamespace:
+def killed_and_resumed(head_start: HeadStart) -> SimpleNamespace:
     # Run by conftest's `head_start` in the background; MLflow is asked here.
     k = head_start.resume.result()
     after_kill = MlflowClient(f"sqlite:///{k.store_after_kill}")

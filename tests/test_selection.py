@@ -80,6 +80,7 @@ def _score(root: Path, generator_file: Path) -> float:
     return fd(keras.saving.load_model(generator_file))
 
 
+@pytest.mark.slow
 def test_keep_best_delivers_the_argmin_epoch(kept) -> None:
     root, out = kept
     quality = pd.read_csv(out.quality)
@@ -97,6 +98,7 @@ def test_keep_best_delivers_the_argmin_epoch(kept) -> None:
         quality["frechet_distance"].iloc[-1], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_mlflow_run_says_which_epoch_was_kept(kept) -> None:
     root, out = kept
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
@@ -107,6 +109,7 @@ def test_mlflow_run_says_which_epoch_was_kept(kept) -> None:
     assert run.data.tags["kept"] == f"best ema generator, epoch {selection['epoch']}"
 
 
+@pytest.mark.slow
 def test_early_stop_after_patience_evaluations_without_improvement(tmp_path: Path) -> None:
     params = {**KEEP, "train": {**KEEP["train"], "seed": 1, "early_stop_patience": 1}}
     out, error = _train_in(tmp_path, params=params)

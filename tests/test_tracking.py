@@ -368,6 +368,7 @@ def test_answering_server_passes_the_check(monkeypatch: pytest.MonkeyPatch, http
     assert http_server.hits == ["/api/2.0/mlflow/experiments/search?max_results=1"]
 
 
+@pytest.mark.slow
 def test_new_store_set_up_by_two_processes_at_once(tmp_path: Path) -> None:
     """Two queued experiments starting together on a repo with no mlflow.db yet."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}

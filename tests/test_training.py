@@ -117,6 +117,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 # ---------------------------------------------------------------- train() end to end
 
 
+@pytest.mark.slow
 def test_train_returns_last_logs_and_run_id(trained) -> None:
     result = trained.result
     assert set(result) == METRICS | {"run_id", "weights_sha256"}
@@ -134,6 +135,7 @@ def test_train_returns_last_logs_and_run_id(trained) -> None:
     assert {"dataset", "data_md5", "arch", "precision"} <= set(record.tags)
 
 
+@pytest.mark.slow
 def test_history_csv(trained) -> None:
     history = pd.read_csv(trained.out.history)
     assert history["epoch"].tolist() == [1, 2]
@@ -144,6 +146,7 @@ def test_history_csv(trained) -> None:
     assert history.iloc[-1]["g_loss"] == pytest.approx(trained.result["g_loss"])
 
 
+@pytest.mark.slow
 def test_epoch_grids_and_gif(trained) -> None:
     grids = sorted(trained.out.grids.iterdir())
     assert [p.name for p in grids] == ["epoch_0001.png", "epoch_0002.png"]
@@ -156,6 +159,7 @@ def test_epoch_grids_and_gif(trained) -> None:
         assert gif.n_frames == 2
 
 
+@pytest.mark.slow
 def test_saved_models_load(trained) -> None:
     generator = keras.saving.load_model(trained.out.generator)
     discriminator = keras.saving.load_model(trained.out.discriminator)
@@ -167,12 +171,14 @@ def test_saved_models_load(trained) -> None:
     assert not list(trained.out.generator.parent.glob(".tmp-*"))  # atomic saves
 
 
+@pytest.mark.slow
 def test_checkpoint_removed_after_success(trained) -> None:
     ckpt = checkpoint_dir(trained.out.checkpoints, trained.params.train,
                           imagestore.dataset_md5(trained.data_file))
     assert not ckpt.exists()
 
 
+@pytest.mark.slow
 def test_mlflow_run(trained) -> None:
     client, run_id = trained.client, trained.result["run_id"]
     run = client.get_run(run_id)
@@ -210,11 +216,13 @@ def synced(trained: SimpleNamespace) -> dict:
         return sync(paths)
 
 
+@pytest.mark.slow
 def test_train_logs_live_and_sync_completes_the_same_run(trained, synced) -> None:
     assert synced["run_id"] == trained.result["run_id"] and synced["created"] is False
     assert trained.client.get_run(synced["run_id"]).info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_generator_registered_with_the_run_tags(trained, synced) -> None:
     [version] = trained.client.search_model_versions(
         f"name = 'dcgan-generator' and run_id = '{trained.result['run_id']}'")
@@ -225,6 +233,7 @@ def test_generator_registered_with_the_run_tags(trained, synced) -> None:
                             "distribution": "none", "replicas": "1", "workers": "1"}
 
 
+@pytest.mark.slow
 def test_mlflow_artifacts(trained, synced) -> None:
     client, run_id = trained.client, trained.result["run_id"]
     logged = {a.path for a in client.list_artifacts(run_id, "train")}
@@ -240,6 +249,7 @@ def test_mlflow_artifacts(trained, synced) -> None:
 # ---------------------------------------------------------------- quality over training
 
 
+@pytest.mark.slow
 def test_quality_csv_and_step_metric(trained) -> None:
     quality = pd.read_csv(trained.out.quality)
     assert quality.columns.tolist() == ["epoch", "frechet_distance", "frechet_distance_raw"]
@@ -258,6 +268,7 @@ def test_quality_csv_and_step_metric(trained) -> None:
     assert [v for _, v in raw] == pytest.approx(quality["frechet_distance_raw"].tolist())
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # dead ReLU features
 def test_quality_point_matches_an_independent_computation(trained) -> None:
     # The last point recomputed here from the saved G and classifier: same noise stream,
@@ -283,6 +294,7 @@ def test_quality_point_matches_an_independent_computation(trained) -> None:
     assert last == pytest.approx(expected, rel=1e-3, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_quality_every_n_epochs_and_off(trained, tmp_path: Path) -> None:
     # eval_every 2 of 2 epochs: one point; 0: a header-only CSV, the classifier unread,
     # and the same weights as the run that evaluated every epoch (evaluation is passive).
@@ -299,6 +311,7 @@ def test_quality_every_n_epochs_and_off(trained, tmp_path: Path) -> None:
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_classifier_for_other_images_is_rejected(tmp_path: Path) -> None:
     classifier = tmp_path / "models" / "classifier.keras"
     from dcgan.features.classifier import build_classifier
@@ -311,6 +324,7 @@ def test_classifier_for_other_images_is_rejected(tmp_path: Path) -> None:
     assert not out.run_file.exists()
 
 
+@pytest.mark.slow
 def test_batch_larger_than_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -322,6 +336,7 @@ def test_batch_larger_than_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert not out.run_file.exists()  # failed before any MLflow run was opened
 
 
+@pytest.mark.slow
 def test_train_stage_fails_fast_on_an_unreachable_server(tmp_path: Path) -> None:
     """A wrong MLFLOW_TRACKING_URI stops the train stage within seconds, before training."""
     with socket.socket() as sock:  # a port nothing listens on
@@ -379,6 +394,7 @@ def generator_weights(path: Path) -> list[np.ndarray]:
     return keras.saving.load_model(path).get_weights()
 
 
+@pytest.mark.slow
 def test_train_is_reproducible(trained, tmp_path: Path) -> None:
     out, error = _train_in(tmp_path)
     assert error is None
@@ -427,6 +443,7 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
                            client=client)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_at_the_next_epoch(resumed) -> None:
     assert isinstance(resumed.crash, OSError)
     assert {"latest.weights.h5", "run.json", "history.csv", "grids"} <= set(
@@ -445,6 +462,7 @@ def test_interrupted_run_resumes_at_the_next_epoch(resumed) -> None:
         assert gif.n_frames == 2
 
 
+@pytest.mark.slow
 def test_resumed_run_continues_its_mlflow_run(resumed) -> None:
     client, run_id = resumed.client, resumed.after_crash.run_id
     assert len(client.search_runs(client.get_experiment_by_name("dcgan").experiment_id)) == 1
@@ -457,11 +475,13 @@ def test_resumed_run_continues_its_mlflow_run(resumed) -> None:
     assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in images) == [1, 2]
 
 
+@pytest.mark.slow
 def test_resume_restores_without_skipped_variables(resumed) -> None:
     assert resumed.error is None
     assert not [w for w in resumed.warnings if "Skipping variable loading" in w]
 
 
+@pytest.mark.slow
 def test_resumed_run_matches_an_uninterrupted_one(trained, resumed) -> None:
     # Weights (G's moving average too), Adam state, RNG states, data order and the best
     # epoch so far all continue: the same bytes.
