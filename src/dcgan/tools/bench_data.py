@@ -81,7 +81,7 @@ def make_folder(root: str, n: int, size: int, classes: int) -> dict:
     with multiprocessing.get_context("fork").Pool(len(os.sched_getaffinity(0))) as pool:
         written = sum(pool.imap_unordered(_draw, tasks))
     return {"bytes": written, "disk_bytes": disk_bytes(Path(root)),
-            "seconds": round(time.perf_counter() - start, 1)}
+            "seconds": round(time.perf_counter() - start, 3)}
 
 
 def disk_bytes(*paths: Path) -> int:
