@@ -34,6 +34,7 @@ import json
 import re
 import sys
 from collections.abc import Callable
+from itertools import zip_longest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,10 +155,13 @@ def stale(path: Path, root: Path = ROOT) -> list[str]:
     lines = []
     for old, new in zip(MARKER.finditer(text), MARKER.finditer(render(text, root)), strict=True):
         if old["body"] != new["body"]:
+            # The first line that differs: a table's rows share their start.
+            said, gives = next((a, b) for a, b in zip_longest(
+                old["body"].strip().splitlines(), new["body"].strip().splitlines(),
+                fillvalue="") if a != b)
             line = text.count("\n", 0, old.start()) + 1
             lines.append(f"{path.relative_to(root)}:{line}: <!-- fig {old['spec']} --> says "
-                         f"{old['body'].strip()[:60]!r}, its record gives "
-                         f"{new['body'].strip()[:60]!r}")
+                         f"{said.strip()[:160]!r}, its record gives {gives.strip()[:160]!r}")
     return lines
 
 
