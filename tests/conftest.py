@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,11 +52,13 @@ def _session_uses(session: pytest.Session, fixture: str) -> bool:
 def float32_policy_after():
     """Every test leaves Keras' global dtype policy float32. A test that runs train() sets
     the policy of `precision: auto`, mixed_bfloat16 where bfloat16 is native (AVX512_BF16,
-    AMX, sm_80+); left in place, it would make a later test's models compute in bfloat16."""
+    AMX, sm_80+); left in place, it would make a later test's models compute in bfloat16.
+    Where no test of this process imported Keras, there is no policy to reset, and importing
+    it here would cost seconds (TensorFlow) in processes that never need it."""
     yield
-    import keras  # here, not at the top: collecting the tests needs no TensorFlow
-
-    keras.mixed_precision.set_dtype_policy("float32")
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        keras.mixed_precision.set_dtype_policy("float32")
 
 
 # The fixtures of the end-to-end tests that share the session's tiny pipeline (`head_start`).
