@@ -202,7 +202,7 @@ def _probe_table(root: Path) -> str:
 
 
 def _targets_table(root: Path) -> str:
-    """The latest record of each `dcgan bench` kind that states a target."""
+    """The latest record of each `python -m benchmarks` kind that states a target."""
     latest: dict[str, dict] = {}
     for record in _records(root):
         if "target" in record and "met" in record:
@@ -269,7 +269,55 @@ def _results_table(root: Path) -> str:
     return "\n".join(out)
 
 
+def _choices_table(root: Path) -> str:
+    """Every choice's registry (the names params validation accepts), one row per entry."""
+    from dcgan.ingest.sources import SOURCES
+    from dcgan.nets.architectures import ARCHITECTURES
+    from dcgan.nets.losses import LOSSES
+    from dcgan.nets.updates import UPDATES
+
+    registries = [("fetch.dataset", SOURCES, "src/dcgan/ingest/sources.py"),
+                  ("train.arch", ARCHITECTURES, "src/dcgan/nets/architectures.py"),
+                  ("train.update", UPDATES, "src/dcgan/nets/updates.py"),
+                  ("train.loss", LOSSES, "src/dcgan/nets/losses.py")]
+    out = ["| key | value | what it is | registry |", "|---|---|---|---|"]
+    for key, registry, where in registries:
+        for name, entry in registry.items():
+            out.append(f"| `{key}` | `{name}` | {entry.description} | `{where}` |")
+    return "\n".join(out)
+
+
+def _datasets_table(root: Path) -> str:
+    """The dataset registry: each `fetch.dataset` name, what it is, where its files come from."""
+    from dcgan.ingest.sources import SOURCES
+
+    def where(source: object) -> str:
+        if source.base_url:
+            return f"{source.base_url}, sha256-verified, cached in `data/cache/`"
+        return "bundled: offline" if source.decode else "`fetch.folder` (below)"
+
+    out = ["| name | what it is | files from |", "|---|---|---|"]
+    out += [f"| `{name}` | {s.description} | {where(s)} |" for name, s in SOURCES.items()]
+    return "\n".join(out)
+
+
+def _stage_code_table(root: Path) -> str:
+    """Each dvc.yaml stage's params sections and the code of src/dcgan it depends on."""
+    import yaml
+
+    out = ["| stage | params sections | code in `src/dcgan` |", "|---|---|---|"]
+    for name, stage in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].items():
+        code = [d.removeprefix("src/dcgan/") for d in stage["deps"]
+                if d.startswith("src/dcgan/") and d != "src/dcgan/__init__.py"]
+        sections = ", ".join(f"`{p}`" for p in stage.get("params", [])) or "none"
+        out.append(f"| {name} | {sections} | {', '.join(f'`{c}`' for c in code)} |")
+    return "\n".join(out)
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
+    "choices": _choices_table,
+    "datasets": _datasets_table,
+    "stage_code": _stage_code_table,
     "results": _results_table,
     "metrics": _metrics_table,
     "probe": _probe_table,

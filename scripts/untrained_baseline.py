@@ -11,14 +11,15 @@ import json
 import numpy as np
 
 from dcgan.core.config import load_params
-from dcgan.core.seeding import seed_everything
-from dcgan.dataset.imagestore import open_dataset
+from dcgan.core.seeding import seed_everything, set_precision
 from dcgan.evaluation.evaluate import evaluate_generator
 from dcgan.nets.architectures import Generator
 from dcgan.nets.serialisation import load_model
+from dcgan.processed.imagestore import open_dataset
 
 p = load_params()
-seed_everything(p.train.seed, p.train.precision)
+seed_everything(p.train.seed)
+set_precision(p.train.precision)
 data = open_dataset("data/processed/dataset")
 g = Generator(p.train, data.image_shape)
 shape = (p.generate.num_samples, p.train.latent_dim)

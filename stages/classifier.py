@@ -7,12 +7,13 @@ Run by DVC (see dvc.yaml), or by hand from the repo root:
 
 import json
 
-from dcgan.core.stage import stage_args, stage_main
+from dcgan.runtime.stage import stage_args, stage_main
 
 
 def main() -> None:
     params, args = stage_args(__doc__, "data", "classifier")
-    from dcgan.features.classifier import fit_classifier  # not at the top: see dcgan.core.stage
+    # Not at the top: see dcgan.runtime.stage.
+    from dcgan.evaluation.classifier import fit_classifier
     result = fit_classifier(params.classifier, data_file=args.data, model_path=args.classifier)
     print(json.dumps(result))
 

@@ -6,12 +6,12 @@ them in the generator's MLflow run). Run by DVC (see dvc.yaml).
 
 import json
 
-from dcgan.core.stage import stage_args, stage_main
+from dcgan.runtime.stage import stage_args, stage_main
 
 
 def main() -> None:
     params, args = stage_args(__doc__, "data", "samples", "classifier", "selection", "metrics")
-    from dcgan.evaluation.evaluate import evaluate  # not at the top: see dcgan.core.stage
+    from dcgan.evaluation.evaluate import evaluate  # not at the top: see dcgan.runtime.stage
     metrics = evaluate(
         params.evaluate, data_file=args.data, samples_file=args.samples,
         classifier_path=args.classifier, metrics_file=args.metrics,

@@ -6,12 +6,12 @@ Run by DVC (see dvc.yaml), or by hand from the repo root:
 
 import json
 
-from dcgan.core.stage import stage_args, stage_main
+from dcgan.runtime.stage import stage_args, stage_main
 
 
 def main() -> None:
     params, args = stage_args(__doc__, "raw", "cache")
-    from dcgan.data.fetch import fetch  # not at the top: see dcgan.core.stage
+    from dcgan.ingest.fetch import fetch  # not at the top: see dcgan.runtime.stage
     summary = fetch(params.fetch, out_dir=args.raw, cache_dir=args.cache)
     print(json.dumps(summary))
 

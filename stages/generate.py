@@ -6,12 +6,12 @@ Run by DVC (see dvc.yaml), or by hand from the repo root:
 
 import json
 
-from dcgan.core.stage import stage_args, stage_main
+from dcgan.runtime.stage import stage_args, stage_main
 
 
 def main() -> None:
     params, args = stage_args(__doc__, "generator", "out")
-    from dcgan.sampling.generate import generate  # not at the top: see dcgan.core.stage
+    from dcgan.sampling.generate import generate  # not at the top: see dcgan.runtime.stage
     summary = generate(params.generate, generator_path=args.generator, out_dir=args.out)
     print(json.dumps(summary))
 

@@ -7,12 +7,12 @@ Run by DVC (see dvc.yaml), or by hand from the repo root:
 
 import json
 
-from dcgan.core.stage import stage_args, stage_main
+from dcgan.runtime.stage import stage_args, stage_main
 
 
 def main() -> None:
     params, args = stage_args(__doc__, "raw", "data", "stats")
-    from dcgan.data.preprocessing import preprocess  # not at the top: see dcgan.core.stage
+    from dcgan.ingest.preprocessing import preprocess  # not at the top: see dcgan.runtime.stage
     stats = preprocess(params.preprocess, raw_dir=args.raw, out_dir=args.data,
                        stats_file=args.stats)
     print(json.dumps(stats))

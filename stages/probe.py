@@ -7,12 +7,12 @@ declares (the track stage shows them in the generator's MLflow run). Run by DVC 
 
 import json
 
-from dcgan.core.stage import stage_args, stage_main
+from dcgan.runtime.stage import stage_args, stage_main
 
 
 def main() -> None:
     params, args = stage_args(__doc__, "data", "discriminator", "metrics")
-    from dcgan.features.probe import probe  # not at the top: see dcgan.core.stage
+    from dcgan.evaluation.probe import probe  # not at the top: see dcgan.runtime.stage
     metrics = probe(
         params.probe, data_file=args.data, discriminator_path=args.discriminator,
         metrics_file=args.metrics,

@@ -15,11 +15,11 @@ failed track leaves none and the next `dvc repro` tries again.
 
 import json
 
-from dcgan.core.stage import stage_args, stage_main
+from dcgan.runtime.stage import stage_args, stage_main
 
 
 def main() -> None:
-    from dcgan.core.outputs import write_json  # not at the top: see dcgan.core.stage
+    from dcgan.core.outputs import write_json  # not at the top: see dcgan.runtime.stage
     from dcgan.tracking.sync import SyncPaths, sync
 
     _, args = stage_args(__doc__, "tracked", bundle=SyncPaths)

@@ -6,11 +6,11 @@ the last completed epoch if a checkpoint for the same params exists.
 
 import json
 
-from dcgan.core.stage import stage_args, stage_main
+from dcgan.runtime.stage import stage_args, stage_main
 
 
 def main() -> None:
-    from dcgan.training.train import TrainOutputs, train  # not at the top: see dcgan.core.stage
+    from dcgan.training.train import TrainOutputs, train  # not at the top: see dcgan.runtime.stage
 
     params, args = stage_args(__doc__, "data", "classifier", bundle=TrainOutputs)
     result = train(params, data_file=args.data, classifier_path=args.classifier, out=args.bundle)

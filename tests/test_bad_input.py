@@ -37,11 +37,11 @@ from PIL import Image
 from test_training import TINY, processed_npz, use_scratch_store
 
 from dcgan.core.config import parse_params
-from dcgan.core.stage import stage_main
-from dcgan.data import imagefiles, manifest
-from dcgan.features.classifier import build_classifier
+from dcgan.evaluation.classifier import build_classifier
+from dcgan.ingest import imagefiles, manifest
 from dcgan.nets.model import build_gan
 from dcgan.nets.serialisation import save_model
+from dcgan.runtime.stage import stage_main
 
 REPO = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())

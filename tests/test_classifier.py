@@ -1,4 +1,4 @@
-"""Unit tests of dcgan.features.classifier: shapes, training, seeding, fallback and `.keras` round
+"""Unit tests of dcgan.evaluation.classifier: shapes, training, seeding, fallback and `.keras` round
 trip.
 
 Run with `pytest tests/test_classifier.py`. Training uses 16x16 synthetic
@@ -13,7 +13,7 @@ import pytest
 
 from dcgan.core.config import ClassifierConfig
 from dcgan.core.errors import UserError
-from dcgan.features.classifier import (
+from dcgan.evaluation.classifier import (
     build_classifier,
     feature_extractor,
     train_classifier,

@@ -12,15 +12,14 @@ import pytest
 import yaml
 
 from dcgan.core.config import (
-    ARCH_ADAM,
     Params,
     TrainConfig,
     flatten,
     load_params,
-    paper_start_size,
     parse_params,
 )
 from dcgan.core.errors import UserError
+from dcgan.nets.architectures import ARCHITECTURES, paper_start_size
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -230,7 +229,7 @@ def test_paper_start_size(size: int, start: int | None) -> None:
 @pytest.mark.parametrize("arch", ["paper", "tutorial"])
 def test_adam_null_resolves_to_the_arch(arch: str) -> None:
     expected = {"paper": ((4e-3, 1e-3), 0.5), "tutorial": ((1e-4, 1e-4), 0.9)}[arch]
-    assert ARCH_ADAM[arch] == expected
+    assert ARCHITECTURES[arch].adam == expected
     (g_lr, d_lr), beta1 = expected
     cfg = TrainConfig(arch=arch)
     assert (cfg.optimiser("g"), cfg.optimiser("d")) == ((g_lr, beta1), (d_lr, beta1))

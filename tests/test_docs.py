@@ -126,10 +126,24 @@ def test_a_dead_link_is_caught(tmp_path):
 
 # 4. Commands, flags and params keys.
 
-def _commands() -> dict[str, set[str]]:
-    """Every `dcgan` command path ('sample', 'bench train') and the flags it takes."""
+def _benchmarks_parser() -> argparse.ArgumentParser:
+    from benchmarks.cli import build_parser
+
+    return build_parser()
+
+
+def _dcgan_parser() -> argparse.ArgumentParser:
     from dcgan.tools.cli import build_parser
 
+    return build_parser()
+
+
+# The programs the docs run, and their parsers.
+PROGRAMS = {"dcgan": _dcgan_parser, "python -m benchmarks": _benchmarks_parser}
+
+
+def _commands(program: str = "dcgan") -> dict[str, set[str]]:
+    """Every command path of `program` ('sample', 'train') and the flags it takes."""
     found: dict[str, set[str]] = {}
 
     def walk(parser: argparse.ArgumentParser, path: str) -> None:
@@ -139,33 +153,36 @@ def _commands() -> dict[str, set[str]]:
                 for name, sub in action.choices.items():
                     walk(sub, f"{path} {name}".strip())
 
-    walk(build_parser(), "")
+    walk(PROGRAMS[program](), "")
     return found
 
 
-def _unknown_commands(text: str, commands: dict[str, set[str]]) -> list[str]:
+def _unknown_commands(text: str, commands: dict[str, set[str]],
+                      program: str = "dcgan") -> list[str]:
     unknown = []
+    name = re.escape(program).replace(r"\ ", r"\s+")
     for snippet in _snippets(text):
-        for call in re.findall(r"(?:^|[;&|(]\s*|\s)dcgan((?:\s+[^\s|;&)#]+)*)", snippet):
+        for call in re.findall(rf"(?:^|[;&|(]\s*|\s){name}((?:\s+[^\s|;&)#]+)*)", snippet):
             words = call.split()
             if not words:  # the bare name: `dcgan`, or a directory (`cd dcgan`)
                 continue
             path = ""
             while words and f"{path} {words[0]}".strip() in commands:
                 path = f"{path} {words.pop(0)}".strip()
-            if not path:
-                unknown.append(f"dcgan {' '.join(words[:1])}: no such command")
+            if not path and not words[0].startswith("-"):  # a flag: the program's own
+                unknown.append(f"{program} {' '.join(words[:1])}: no such command")
                 continue
             for word in words:
                 flag = word.split("=", 1)[0]
                 if re.fullmatch(r"--?[a-zA-Z][\w-]*", flag) and flag not in commands[path]:
-                    unknown.append(f"dcgan {path} {flag}: no such flag")
+                    unknown.append(f"{program} {path} {flag}: no such flag")
     return unknown
 
 
-def test_every_dcgan_command_and_flag_exists():
-    commands = _commands()
-    assert [u for p in DOCS for u in _unknown_commands(_text(p), commands)] == []
+@pytest.mark.parametrize("program", sorted(PROGRAMS))
+def test_every_command_and_flag_exists(program: str):
+    commands = _commands(program)
+    assert [u for p in DOCS for u in _unknown_commands(_text(p), commands, program)] == []
 
 
 def test_an_unknown_command_or_flag_is_caught():
@@ -173,7 +190,12 @@ def test_an_unknown_command_or_flag_is_caught():
     text = ("```bash\ndcgan sample models/generator.keras --n 4 --colour red\n"
             "dcgan bench train --steps 3\n```\nand `dcgan frobnicate`")
     assert _unknown_commands(text, commands) == ["dcgan sample --colour: no such flag",
+                                                 "dcgan bench: no such command",
                                                  "dcgan frobnicate: no such command"]
+    bench = _commands("python -m benchmarks")
+    text = "```bash\npython -m benchmarks train --steps 3 --colour red\n```"
+    assert _unknown_commands(text, bench, "python -m benchmarks") == [
+        "python -m benchmarks train --colour: no such flag"]
 
 
 def _params_keys() -> dict[str, set[str]]:

@@ -21,11 +21,11 @@ import pytest
 from dcgan.core.config import EvaluateConfig
 from dcgan.core.errors import UserError
 from dcgan.core.outputs import file_md5, rounded
-from dcgan.dataset.imagestore import ImageArray, NpyWriter, open_dataset, scale
 from dcgan.evaluation import neighbours
+from dcgan.evaluation.classifier import build_classifier
 from dcgan.evaluation.evaluate import blurred, evaluate, evaluate_generator, pixel_shuffled
-from dcgan.features.classifier import build_classifier
 from dcgan.nets.serialisation import save_model
+from dcgan.processed.imagestore import ImageArray, NpyWriter, open_dataset, scale
 from dcgan.tracking.runlog import flatten_metrics
 
 METRICS = {"frechet_distance", "kid", "kid_std", "precision", "recall", "memorisation_ratio",

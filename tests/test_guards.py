@@ -22,8 +22,8 @@ from test_training import TINY, outputs, processed_npz, use_scratch_store
 
 from dcgan.core.config import load_params, parse_params
 from dcgan.core.errors import UserError
-from dcgan.dataset import imagestore
 from dcgan.nets.serialisation import load_model
+from dcgan.processed import imagestore
 from dcgan.training import train as training
 from dcgan.training.guards import CollapseWatch, Diverged, DivergenceGuard
 from dcgan.training.train import checkpoint_dir, train

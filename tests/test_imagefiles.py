@@ -1,4 +1,4 @@
-"""Unit tests of dcgan.data.imagefiles: listing, labels, hashing, manifest and decoding of a
+"""Unit tests of dcgan.ingest.imagefiles: listing, labels, hashing, manifest and decoding of a
 user's images in a folder, .zip or .tar.
 
 Run with `pytest tests/test_imagefiles.py -q`. Every image is a real file of 8 to 16
@@ -22,14 +22,14 @@ import pytest
 from PIL import Image
 
 from dcgan.core.errors import UserError
-from dcgan.data.imagefiles import (
+from dcgan.ingest.imagefiles import (
     BadImage,
     ImageReader,
     Listing,
     content_md5,
     list_images,
 )
-from dcgan.data.manifest import read_manifest, write_manifest
+from dcgan.ingest.manifest import read_manifest, write_manifest
 
 RNG = np.random.default_rng(0)
 

@@ -1,5 +1,5 @@
-"""Unit tests of dcgan.dataset.imagestore: the processed dataset's uint8 .npy files, written in one
-pass and read by row.
+"""Unit tests of dcgan.processed.imagestore: the processed dataset's uint8 .npy files, written
+in one pass and read by row.
 
 Run with `pytest tests/test_imagestore.py -q`.
 """
@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from dvc_repo import run
 
 from dcgan.core.errors import UserError
-from dcgan.dataset import imagestore
-from dcgan.dataset.imagestore import ImageArray, NpyWriter, open_dataset, scale
+from dcgan.processed import imagestore
+from dcgan.processed.imagestore import ImageArray, NpyWriter, open_dataset, scale
 
 RNG = np.random.default_rng(0)
 
@@ -76,8 +76,8 @@ def test_open_dataset_and_its_md5_is_dvcs(tmp_path: Path) -> None:
     path = write_dataset(tmp_path / "d", x[:8], x[8:], np.arange(8), np.arange(2))
     ds = open_dataset(path)
     assert ds.labelled and ds.image_shape == (4, 4, 3) and ds.train_y.dtype == np.int64
-    subprocess.run("git init -q && dvc init -q && dvc add -q d", shell=True, cwd=tmp_path,
-                   check=True, capture_output=True)
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "add", "-q", "d"]):
+        run(cmd, tmp_path)  # this venv's dvc (clean_env), whatever the caller's PATH
     by_dvc = yaml.safe_load((tmp_path / "d.dvc").read_text())["outs"][0]["md5"]
     assert imagestore.dataset_md5(path) == by_dvc and by_dvc.endswith(".dir")
     unlabelled = open_dataset(write_dataset(tmp_path / "u", x[:8], x[8:]))

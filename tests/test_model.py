@@ -274,7 +274,7 @@ import hashlib
 from dcgan.core.config import TrainConfig
 from dcgan.nets.model import build_gan
 from dcgan.core.seeding import seed_everything
-seed_everything({seed}, "float32")
+seed_everything({seed})
 gan = build_gan(TrainConfig(latent_dim=8, g_filters=8, d_filters=8), (16, 16, 1))
 print(hashlib.md5(b"".join(w.numpy().tobytes() for w in gan.weights)).hexdigest())
 """

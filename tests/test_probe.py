@@ -1,4 +1,4 @@
-"""Unit tests of dcgan.features.probe: pooling, D features, subsets, the SVM probe and the probe
+"""Unit tests of dcgan.evaluation.probe: pooling, D features, subsets, the SVM probe and the probe
 stage.
 
 Run with `pytest tests/test_probe.py -q`. Discriminators are the package's own (paper D
@@ -26,9 +26,7 @@ from test_evaluation import write_dataset
 from dcgan.core.config import ProbeConfig, TrainConfig
 from dcgan.core.errors import UserError
 from dcgan.core.outputs import rounded
-from dcgan.dataset import batches
-from dcgan.dataset.imagestore import Dataset, open_dataset, scale
-from dcgan.features.probe import (
+from dcgan.evaluation.probe import (
     adaptive_max_pool,
     discriminator_features,
     labelled_subset,
@@ -39,6 +37,8 @@ from dcgan.features.probe import (
 )
 from dcgan.nets.architectures import Discriminator
 from dcgan.nets.serialisation import save_model
+from dcgan.processed import batches
+from dcgan.processed.imagestore import Dataset, open_dataset, scale
 
 pytestmark = pytest.mark.filterwarnings("error::sklearn.exceptions.ConvergenceWarning")
 

@@ -18,7 +18,7 @@ from PIL import Image
 from dcgan.core.config import GenerateConfig, TrainConfig
 from dcgan.core.errors import UserError
 from dcgan.nets.architectures import Generator
-from dcgan.sampling.generate import generate, load_generator, slerp
+from dcgan.sampling.generate import generate, load_generator_file, slerp
 from dcgan.sampling.images import image_grid, make_gif, save_image, to_uint8
 
 LATENT, SIZE = 8, 16
@@ -148,7 +148,7 @@ def saved_generator(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace
 
 
 def test_load_generator_round_trip(saved_generator) -> None:
-    loaded = load_generator(saved_generator.path)
+    loaded = load_generator_file(saved_generator.path)
     z = np.random.default_rng(0).standard_normal((3, LATENT)).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(loaded(z)), np.asarray(saved_generator.model(z)))
 
@@ -156,7 +156,7 @@ def test_load_generator_round_trip(saved_generator) -> None:
 def test_load_generator_missing(tmp_path: Path) -> None:
     path = tmp_path / "generator.keras"
     with pytest.raises(UserError, match="run the train stage first") as info:
-        load_generator(path)
+        load_generator_file(path)
     assert str(path) in str(info.value)
 
 
@@ -165,7 +165,7 @@ def test_load_generator_junk(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
     path.write_bytes(b"this is not a model\n")
     with pytest.raises(UserError, match="cannot be loaded as a Keras model") as info:
-        load_generator(path)
+        load_generator_file(path)
     assert str(path) in str(info.value)
 
 
@@ -174,7 +174,7 @@ def test_load_generator_zip_that_is_not_a_model(tmp_path: Path) -> None:
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("readme.txt", "not a model")
     with pytest.raises(UserError, match="cannot be loaded as a Keras model"):
-        load_generator(path)
+        load_generator_file(path)
 
 
 # ---------------------------------------------------------------- generate() end to end

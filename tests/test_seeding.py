@@ -52,13 +52,15 @@ def test_auto_resolves_and_explicit_policies_stay(monkeypatch: pytest.MonkeyPatc
         assert seeding.resolve_precision(policy) == policy
 
 
-def test_seed_everything_sets_and_returns_the_resolved_policy(
+def test_set_precision_sets_and_returns_the_resolved_policy(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(seeding, "native_bfloat16", lambda: False)
     try:
-        assert seeding.seed_everything(0, "auto") == "float32"
+        assert seeding.set_precision("auto") == "float32"
         assert keras.mixed_precision.dtype_policy().name == "float32"
-        assert seeding.seed_everything(0, "mixed_bfloat16") == "mixed_bfloat16"
+        seeding.seed_everything(0)  # seeding leaves the policy alone
+        assert keras.mixed_precision.dtype_policy().name == "float32"
+        assert seeding.set_precision("mixed_bfloat16") == "mixed_bfloat16"
         assert keras.mixed_precision.dtype_policy().name == "mixed_bfloat16"
     finally:
         keras.mixed_precision.set_dtype_policy("float32")

@@ -17,10 +17,9 @@ from test_training import TINY, _train_in
 
 from dcgan.core.config import parse_params
 from dcgan.core.outputs import file_md5
-from dcgan.dataset import imagestore
-from dcgan.features.classifier import feature_extractor
-from dcgan.training.quality import FixedSampleFD
-from dcgan.training.selection import Selection
+from dcgan.evaluation.classifier import feature_extractor
+from dcgan.processed import imagestore
+from dcgan.training.selection import FixedSampleFD, Selection
 
 
 def test_best_is_the_first_argmin_and_patience_counts_scores_since() -> None:

@@ -38,8 +38,8 @@ from dcgan.core.errors import UserError
 from dcgan.nets.architectures import Generator
 from dcgan.nets.serialisation import load_model, save_model
 from dcgan.sampling.images import to_uint8
-from dcgan.serving import export, sample, source
 from dcgan.serving.pyfunc import GeneratorImages
+from dcgan.tools import export, generator_ref, sample
 from dcgan.tools.cli import main as dcgan
 from dcgan.tracking import registry
 from dcgan.tracking.runlog import RunLog
@@ -94,7 +94,7 @@ def test_pyfunc_answers_pixels_pngs_or_raw_floats(generator_file: Path) -> None:
 
 def test_float32_copy_has_the_weights_and_computes_in_float32(generator_file: Path) -> None:
     g = load_model(generator_file, remedy="")
-    copy = source.float32_copy(g)
+    copy = generator_ref.float32_copy(g)
     assert "mixed_bfloat16" in {layer.dtype_policy.name for layer in g.layers}
     assert {layer.dtype_policy.name for layer in copy.layers} == {"float32"}
     assert all(np.array_equal(a, b) for a, b in zip(g.get_weights(), copy.get_weights(),
@@ -182,7 +182,7 @@ def test_export_matches_keras_and_is_logged_to_the_run(
         capsys: pytest.CaptureFixture) -> None:
     """Each format, loaded back by its own runtime here (not the exporter's check), gives
     the float32 generator's images within export.TOLERANCE; the run that trained the file
-    (found by its md5 tag) gets the export and the parity metric."""
+    (found by its md5 tag) gets the export and both parity metrics."""
     use_scratch_store(monkeypatch, tmp_path)
     md5 = hashlib.md5(generator_file.read_bytes()).hexdigest()
     with RunLog.open({}, {"generator_md5": md5}) as log:
@@ -191,8 +191,9 @@ def test_export_matches_keras_and_is_logged_to_the_run(
     dcgan(["export", str(generator_file), "--format", fmt, "--out", str(out)])
     printed = capsys.readouterr().out
     assert f"wrote {out} ({fmt})" in printed and f"logged to run {log.run_id[:8]}" in printed
+    assert "from the float32 copy" in printed and "from the trained generator" in printed
     z = z_of(16, seed=11)
-    expected = np.asarray(source.float32_copy(load_model(generator_file, remedy=""))(
+    expected = np.asarray(generator_ref.float32_copy(load_model(generator_file, remedy=""))(
         z, training=False))
     got = export.RUNNERS[fmt](out, z)
     assert got.shape == (16, 16, 16, 1)
@@ -200,9 +201,49 @@ def test_export_matches_keras_and_is_logged_to_the_run(
     client = mlflow.MlflowClient()
     assert [a.path for a in client.list_artifacts(log.run_id, "exports")] == \
         [f"exports/{out.name}"]
-    assert client.get_run(log.run_id).data.metrics[f"export.{fmt}.max_abs_diff"] <= \
-        export.TOLERANCE
+    metrics = client.get_run(log.run_id).data.metrics
+    assert metrics[f"export.{fmt}.max_abs_diff_vs_float32"] <= export.TOLERANCE
+    assert 0 < metrics[f"export.{fmt}.max_abs_diff_vs_trained"] < 0.05  # bfloat16's rounding
     assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # no staging left
+
+
+def test_export_reports_both_differences_and_runs_tflite_in_litert(
+        generator_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parity holds the export's difference from the float32 copy it was made from and,
+    apart, from the bfloat16 generator as it runs (as served), each equal to what the export
+    gives here; the .tflite file is run by LiteRT's interpreter, not tf.lite's."""
+    import ai_edge_litert.interpreter
+    import tensorflow as tf
+
+    opened = []
+
+    class Recording(ai_edge_litert.interpreter.Interpreter):
+        def __init__(self, model_path: str) -> None:
+            opened.append(model_path)
+            super().__init__(model_path=model_path)
+
+    def deprecated(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tf.lite.Interpreter used")
+
+    monkeypatch.setattr(ai_edge_litert.interpreter, "Interpreter", Recording)
+    monkeypatch.setattr(tf.lite, "Interpreter", deprecated)
+    g, out = load_model(generator_file, remedy=""), tmp_path / "g.tflite"
+    parity = export.export(g, "tflite", out)
+    assert [Path(p).name for p in opened] == ["export.tflite"]  # the check, on the staged file
+    z = np.random.default_rng(export.PARITY_SEED).standard_normal(
+        (export.PARITY_BATCH, LATENT)).astype(np.float32)
+    got = export.RUNNERS["tflite"](out, z)
+    assert len(opened) == 2
+    from_float32 = np.abs(got - np.asarray(generator_ref.float32_copy(g)(z, training=False))).max()
+    from_trained = np.abs(got - np.asarray(g(z, training=False), dtype=np.float32)).max()
+    assert parity.vs_float32 == pytest.approx(from_float32)
+    assert parity.vs_float32 <= export.TOLERANCE
+    assert parity.vs_trained == pytest.approx(from_trained)
+    assert parity.vs_trained > 10 * export.TOLERANCE  # bfloat16 compute in the trained G
+    assert parity.metrics() == {"export.tflite.max_abs_diff_vs_float32": parity.vs_float32,
+                                "export.tflite.max_abs_diff_vs_trained": parity.vs_trained}
+    assert f"{parity.vs_float32:.2g} from the float32 copy" in parity.summary()
+    assert f"{parity.vs_trained:.2g} from the trained generator" in parity.summary()
 
 
 def test_export_that_misses_parity_writes_nothing_and_keeps_the_old(
@@ -212,8 +253,9 @@ def test_export_that_misses_parity_writes_nothing_and_keeps_the_old(
     # The runtime's answer moved by more than the tolerance: a broken conversion.
     real = export.RUNNERS["onnx"]
     monkeypatch.setitem(export.RUNNERS, "onnx", lambda path, z: real(path, z) + 0.01)
-    with pytest.raises(UserError, match=r"onnx export does not match .* max \|diff\| 0.01"):
-        export.export(source.float32_copy(load_model(generator_file, remedy="")), "onnx", out)
+    with pytest.raises(UserError, match=r"onnx export does not match .* float32 copy: "
+                                        r"max \|diff\| 0.01"):
+        export.export(load_model(generator_file, remedy=""), "onnx", out)
     assert out.read_bytes() == b"an earlier export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.onnx"]
 

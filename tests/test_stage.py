@@ -1,6 +1,6 @@
-"""Unit tests of dcgan.core.stage.stage_main: how any stage (and the `dcgan` command) ends on
+"""Unit tests of dcgan.runtime.stage.stage_main: how any stage (and the `dcgan` command) ends on
 an error, in this process and, for a stage run as a program, under the watchdog parent
-(dcgan.core.watchdog) that reports a kill by the out-of-memory killer. Run with
+(dcgan.runtime.watchdog) that reports a kill by the out-of-memory killer. Run with
 `pytest tests/test_stage.py -q` (a few seconds; `-s` prints the watchdog's lines).
 """
 
@@ -23,8 +23,8 @@ import psutil
 import pytest
 
 from dcgan.core.errors import UserError
-from dcgan.core.stage import stage_main
-from dcgan.core.watchdog import CHILD_ENV, killed_line, memory_total
+from dcgan.runtime.stage import stage_main
+from dcgan.runtime.watchdog import CHILD_ENV, killed_line, memory_total
 
 STAGES = Path(__file__).resolve().parents[1] / "stages"
 
@@ -96,7 +96,7 @@ def test_tensorflows_device_oom_ends_in_one_line(capsys: pytest.CaptureFixture,
 
 SCRIPT = """import json, os, resource, signal, sys, time
 from dcgan.core.errors import UserError
-from dcgan.core.stage import stage_main
+from dcgan.runtime.stage import stage_main
 
 def main():
 {body}

@@ -28,10 +28,10 @@ from dcgan.core import seeding
 from dcgan.core.config import ClassifierConfig, PreprocessConfig, flatten, parse_params
 from dcgan.core.errors import UserError
 from dcgan.core.outputs import file_md5
-from dcgan.data import preprocessing
-from dcgan.dataset import imagestore
-from dcgan.dataset.batches import SeededBatches
-from dcgan.features.classifier import fit_classifier
+from dcgan.evaluation.classifier import fit_classifier
+from dcgan.ingest import preprocessing
+from dcgan.processed import imagestore
+from dcgan.processed.batches import SeededBatches
 from dcgan.tracking.runfile import read_run_file
 from dcgan.tracking.sync import SyncPaths, sync
 from dcgan.training.checkpoints import checkpoint_dir
@@ -275,8 +275,8 @@ def test_quality_point_matches_an_independent_computation(trained) -> None:
     # same real subset, FD from scipy's sqrtm instead of the package's eigh route.
     from scipy.linalg import sqrtm
 
-    from dcgan.features.classifier import feature_extractor
-    from dcgan.training.quality import QUALITY_SAMPLES
+    from dcgan.evaluation.classifier import feature_extractor
+    from dcgan.training.selection import QUALITY_SAMPLES
 
     test_x = imagestore.open_dataset(trained.data_file).test_x
     rng = np.random.default_rng([trained.params.train.seed, 1])
@@ -314,7 +314,7 @@ def test_quality_every_n_epochs_and_off(trained, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_classifier_for_other_images_is_rejected(tmp_path: Path) -> None:
     classifier = tmp_path / "models" / "classifier.keras"
-    from dcgan.features.classifier import build_classifier
+    from dcgan.evaluation.classifier import build_classifier
     from dcgan.nets.serialisation import save_model
 
     save_model(build_classifier((8, 8, 1), 10, 4), classifier)

@@ -16,14 +16,15 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from dcgan.core.errors import UserError
-from dcgan.core.train_config import ARCH_ADAM, Section, TrainConfig
+from dcgan.core.train_config import Section, TrainConfig, choices
+from dcgan.ingest.sources import SOURCES
+from dcgan.nets.architectures import ARCHITECTURES
 
-DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "folder")
-__all__ = ["ARCH_ADAM", "Params", "TrainConfig", "flatten", "load_params", "parse_params"]
+__all__ = ["Params", "TrainConfig", "flatten", "load_params", "parse_params"]
 
 
 class FetchConfig(Section):
-    dataset: Literal[DATASETS] = Field("mnist-5k", description="which dataset to fetch")
+    dataset: Literal[tuple(SOURCES)] = Field("mnist-5k", description=choices(SOURCES))
     folder: str = Field(
         "data/images", description="directory, .zip or .tar of images (dataset: folder)"
     )
@@ -107,29 +108,12 @@ class Params(Section):
     @model_validator(mode="after")
     def _size_fits_arch(self) -> Params:
         size, arch = self.preprocess.image_size, self.train.arch
-        if arch == "paper" and paper_start_size(size) is None:
+        if not ARCHITECTURES[arch].fits(size):
             raise ValueError(
-                f"preprocess.image_size = {size} cannot be produced by train.arch 'paper': "
-                "it must be s * 2**n with s in 4..7 and n >= 2 (e.g. 16, 28, 32, 64)"
-            )
-        if arch == "tutorial" and size % 4:
-            raise ValueError(
-                f"preprocess.image_size = {size} cannot be produced by train.arch 'tutorial': "
-                "it must be a multiple of 4 (e.g. 28, 32, 64)"
+                f"preprocess.image_size = {size} cannot be produced by train.arch '{arch}': "
+                f"it must be {ARCHITECTURES[arch].sizes}"
             )
         return self
-
-
-def paper_start_size(image_size: int) -> int | None:
-    """Side of the paper generator's first feature map, or None if it cannot reach `image_size`.
-
-    G starts from an s x s map with s in 4..7 and doubles it n >= 2 times
-    (28 = 7 * 2**2, 32 = 4 * 2**3, 64 = 4 * 2**4).
-    """
-    size, doublings = image_size, 0
-    while size % 2 == 0 and size > 7:
-        size, doublings = size // 2, doublings + 1
-    return size if 4 <= size <= 7 and doublings >= 2 else None
 
 
 def _describe(error: dict[str, Any]) -> str:

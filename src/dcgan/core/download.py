@@ -1,6 +1,6 @@
 """Downloads verified by their hash: `keras.utils.get_file` with one error line per failure.
 
-Used by the fetch stage (datasets, data.sources) and by evaluate (InceptionV3 weights).
+Used by the fetch stage (datasets, ingest.sources) and by evaluate (InceptionV3 weights).
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
-"""Reproducibility: the one place that seeds every random source and makes TF deterministic.
+"""Reproducibility and precision: the one place that seeds every random source, makes TF
+deterministic (`seed_everything`), and sets Keras' dtype policy (`set_precision`).
 
 Every stage that trains or samples calls `seed_everything` before it builds a model, so the
 same params give the same bytes: weights, samples, metrics (two clean `dvc repro` runs give
 identical md5s in dvc.lock). Op determinism costs little here; docs/reproducibility.md gives
-the figure.
-The dtype policy is set here too: `auto` resolves to mixed_bfloat16 where the hardware
-computes bfloat16 natively, float32 elsewhere (emulated bfloat16 ran about 20x slower).
+the figure. Training then calls `set_precision`: `auto` resolves to mixed_bfloat16 where the
+hardware computes bfloat16 natively, float32 elsewhere (emulated bfloat16 ran about 20x
+slower).
 """
 
 from __future__ import annotations
@@ -42,17 +43,21 @@ def resolve_precision(precision: str) -> str:
     return "mixed_bfloat16" if native_bfloat16() else "float32"
 
 
-def seed_everything(seed: int, precision: str = "float32") -> str:
-    """Seed Python, NumPy and TF, make TF ops deterministic, and set the dtype policy
-    (`precision`, `auto` resolved by `resolve_precision`); returns the policy set.
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and TF, and make TF ops deterministic.
 
-    Keras' name counters are reset too: layer names go into the saved files, and a second
-    model built in one process would otherwise be saved as `conv2d_7` where the first was
-    `conv2d`.
+    Keras' session is cleared first, for its name counters: layer names go into the saved
+    files, and a second model built in one process would otherwise be saved as `conv2d_7`
+    where the first was `conv2d`.
     """
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
+
+
+def set_precision(precision: str) -> str:
+    """Set Keras' global dtype policy for `train.precision` (`auto` resolved by
+    `resolve_precision`); returns the policy set. Call it before building the models."""
     policy = resolve_precision(precision)
     keras.mixed_precision.set_dtype_policy(policy)
     return policy

@@ -11,10 +11,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# Each architecture's Adam where train.lr, g_lr and d_lr are null: ((G's, D's learning rate),
-# beta1). paper: this project's recipe, two time-scales with G's rate 4x D's (docs/recipe.md;
-# the paper itself used 2e-4 for both); tutorial: the tutorial's own.
-ARCH_ADAM = {"paper": ((4e-3, 1e-3), 0.5), "tutorial": ((1e-4, 1e-4), 0.9)}
+from dcgan.nets.architectures import ARCHITECTURES
+from dcgan.nets.losses import LOSSES
+from dcgan.nets.updates import UPDATES
+
+
+def choices(registry: dict) -> str:
+    """`name: description; ...` of a registry's entries, for a field's description."""
+    return "; ".join(f"{name}: {entry.description}" for name, entry in registry.items())
 
 
 class Section(BaseModel):
@@ -37,9 +41,7 @@ def _first(*values: float | None) -> float:
 
 
 class TrainConfig(Section):
-    arch: Literal["paper", "tutorial"] = Field(
-        "paper", description="paper: Radford et al. 2015 guidelines; tutorial: the TF tutorial"
-    )
+    arch: Literal[tuple(ARCHITECTURES)] = Field("paper", description=choices(ARCHITECTURES))
     epochs: int = Field(60, ge=1, le=100000, description="training epochs")
     batch_size: int = Field(128, ge=1, le=65536, description="images per training step")
     lr: float | None = Field(
@@ -61,13 +63,8 @@ class TrainConfig(Section):
         "auto", description="Keras dtype policy; auto: mixed_bfloat16 where bfloat16 is "
                             "native (GPU sm_80+, CPU AVX512_BF16 or AMX), else float32"
     )
-    update: Literal["alternating", "simultaneous", "reuse_fake"] = Field(
-        "alternating",
-        description="alternating: D's step, then G's on fresh noise (two G forward passes); "
-                    "simultaneous: both from one G forward pass, as the TF tutorial; "
-                    "reuse_fake: D's step, then G's on the same fake through the updated D "
-                    "(one G forward pass, as PyTorch's DCGAN example)",
-    )
+    update: Literal[tuple(UPDATES)] = Field("alternating", description=choices(UPDATES))
+    loss: Literal[tuple(LOSSES)] = Field("non_saturating", description=choices(LOSSES))
     steps_per_execution: int = Field(
         1, ge=1, le=1000, description="train steps per call of the compiled train function"
     )
@@ -99,10 +96,8 @@ class TrainConfig(Section):
     )
     collapse_patience: int = Field(
         5, ge=0, le=100000,
-        description="warn when D's loss stays below collapse_d_loss this many epochs; 0 = off",
-    )
-    collapse_d_loss: float = Field(
-        0.05, gt=0, le=10, description="a D loss below this counts towards collapse"
+        description="warn when D's loss stays below its loss's collapse level (nets.losses) "
+                    "this many epochs; 0 = off",
     )
 
     @model_validator(mode="after")
@@ -130,8 +125,8 @@ class TrainConfig(Section):
     def optimiser(self, net: Literal["g", "d"]) -> tuple[float, float]:
         """(learning rate, beta1) of `net`'s Adam: its own `g_lr`/`d_lr` and `g_beta1`/
         `d_beta1` where set (two time-scales, Heusel et al. 2017), else `lr` and `beta1`,
-        else the arch's (`ARCH_ADAM`)."""
-        (g_lr, d_lr), beta1 = ARCH_ADAM[self.arch]
+        else the arch's (`Architecture.adam`)."""
+        (g_lr, d_lr), beta1 = ARCHITECTURES[self.arch].adam
         return (_first(getattr(self, f"{net}_lr"), self.lr, g_lr if net == "g" else d_lr),
                 _first(getattr(self, f"{net}_beta1"), self.beta1, beta1))
 

@@ -1,22 +1,19 @@
 """The evaluate stage: score generated samples against real images in classifier features.
 
-`evaluate()` is called by stages/evaluate.py (run by DVC). It writes the metrics
-JSON that dvc.yaml declares; the track stage shows the same numbers in the model's MLflow
-run. The maths lives in `metrics` and `neighbours` beside it; this module picks the
-image sets.
+`evaluate()` is called by stages/evaluate.py (run by DVC) and writes the metrics JSON that
+dvc.yaml declares; the track stage shows it in the model's MLflow run. The maths lives in
+`metrics` and `neighbours` beside it; this module picks the image sets.
 
-Every set is scored against the same reference, N real test images, with N the
-smallest of the sample, train and test counts (FD, KID and precision/recall
-depend on N, so rows compare only at equal N):
+Every set is scored against the same reference, N real test images, with N the smallest of
+the sample, train and test counts (FD, KID and precision/recall depend on N):
 - the top level: the generated samples;
 - `floor`: N real training images, the best a generator can do;
 - `ceiling_blur` and `ceiling_shuffle`: test images Gaussian-blurred, or with their
   pixels shuffled: crude fakes that give every number its scale from above.
 
 Every metric lives in the classifier's features except the copy check,
-`memorisation_ratio`, which compares pixels: copying is about pixels, and in features
-it did not tell an untrained generator (1.68) from a trained one (1.73) on mnist-5k,
-where in pixels the two score 2.59 and 1.26 (real images: 1.00).
+`memorisation_ratio`, which compares pixels: copying is about pixels, and in features it
+did not tell an untrained generator from a trained one on mnist-5k (docs/metrics.md).
 
 Memory depends on N, not on the dataset: only the N picked train and test images are
 read, and the copy check streams the whole training set from disk once, in blocks, for
@@ -40,12 +37,12 @@ from scipy.special import softmax
 from dcgan.core.config import EvaluateConfig
 from dcgan.core.errors import UserError
 from dcgan.core.outputs import write_json
-from dcgan.core.progress import Progress
-from dcgan.dataset.batches import images_at
-from dcgan.dataset.imagestore import ImageArray, open_dataset
 from dcgan.evaluation import coverage, metrics, neighbours
-from dcgan.features.classifier import accuracy, feature_extractor
+from dcgan.evaluation.classifier import accuracy, feature_extractor
 from dcgan.nets.serialisation import load_model
+from dcgan.processed.batches import images_at
+from dcgan.processed.imagestore import ImageArray, open_dataset
+from dcgan.runtime.progress import ProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +62,7 @@ class Embedded:
 
 
 def embed(classifier: keras.Model, images: np.ndarray, batch_size: int,
-          bar: Progress | None = None) -> Embedded:
+          bar: ProgressBar | None = None) -> Embedded:
     """Features and class probabilities of `images` in one forward pass, counted on `bar`.
 
     Raises:
@@ -195,13 +192,13 @@ def evaluate_generator(classifier: keras.Model, samples: np.ndarray, real_train:
         log.warning("evaluate.kid_subset_size %d >= N = %d: every KID subset is the whole set, "
                     "so kid_std is 0; lower it", cfg.kid_subset_size, n)
     # 2. The copy check's pixel distances to the whole training set: one pass over it.
-    with Progress("evaluate: copy check", total=len(real_train)) as bar:
+    with ProgressBar("evaluate: copy check", total=len(real_train)) as bar:
         blocks = bar.over(train_blocks(real_train), size=lambda block: len(block[1]))
         found = neighbours.nearest_in_blocks([x.reshape(n, -1) for x in sets.values()], blocks,
                                              [exclude.get(name) for name in sets], fast=True)
     distances = {name: f.distance for name, f in zip(sets, found, strict=True)}
     # 3. Every metric in the classifier's spaces, against the reference.
-    with Progress("evaluate: features", total=n * len(sets)) as bar:
+    with ProgressBar("evaluate: features", total=n * len(sets)) as bar:
         embedded = {name: embed(classifier, x, cfg.batch_size, bar) for name, x in sets.items()}
     reference = embedded["reference"]
     if n <= reference.features.shape[1]:

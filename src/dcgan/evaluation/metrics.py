@@ -4,7 +4,7 @@ Plain NumPy/SciPy in float64, with no Keras and no I/O: `dcgan.evaluation.evalua
 extracts the features (the evaluation classifier's penultimate layer) and calls
 these. The Fréchet distance here is TF-GAN's "Fréchet classifier distance", the
 Fréchet distance between Gaussians fitted to features of a classifier trained
-here (`dcgan.features.classifier`), not to Inception features. It is NOT FID and must
+here (`dcgan.evaluation.classifier`), not to Inception features. It is NOT FID and must
 never be compared with published FIDs.
 
 Also here: KID, the classifier score (the Inception score idea) and mode

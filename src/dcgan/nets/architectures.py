@@ -1,21 +1,57 @@
-"""The networks: generator G and discriminator D, in two architectures.
+"""The networks, one registry: `train.arch` names an entry of `ARCHITECTURES`, a generator G
+and a discriminator D with the Adam settings they train with by default.
 
 - `paper`: Radford, Metz & Chintala 2015 (arXiv 1511.06434), section 3 guidelines.
 - `tutorial`: the TensorFlow DCGAN tutorial's networks, for comparison.
 
 Both are plain `keras.Sequential` models of built-in layers, so a saved `generator.keras`
 loads anywhere with `keras.saving.load_model` (nets.serialisation saves and loads them).
+To add an architecture, add its two builders and an entry here, and a test in
+tests/test_model.py; the params validator, the CLI and the docs read `ARCHITECTURES`.
+
+Keras is imported inside the builders, not at the top: params validation reads this
+registry in every stage, fetch included, and importing Keras costs seconds.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import keras
-from keras import layers
-
-from dcgan.core.config import TrainConfig, paper_start_size
 from dcgan.core.errors import UserError
+
+if TYPE_CHECKING:
+    import keras
+
+    from dcgan.core.train_config import TrainConfig
+
+    Builder = Callable[[TrainConfig, tuple[int, int, int], bool], keras.Sequential]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A named G and D, the image sides they can produce, and their default Adam."""
+
+    description: str
+    adam: tuple[tuple[float, float], float]  # ((G's, D's learning rate), beta1)
+    sizes: str  # the image sides it can produce, in words
+    fits: Callable[[int], bool]  # whether it can produce images of this side
+    generator: Builder
+    discriminator: Builder
+
+
+def paper_start_size(image_size: int) -> int | None:
+    """Side of the paper generator's first feature map, or None if it cannot reach `image_size`.
+
+    G starts from an s x s map with s in 4..7 and doubles it n >= 2 times
+    (28 = 7 * 2**2, 32 = 4 * 2**3, 64 = 4 * 2**4).
+    """
+    size, doublings = image_size, 0
+    while size % 2 == 0 and size > 7:
+        size, doublings = size // 2, doublings + 1
+    return size if 4 <= size <= 7 and doublings >= 2 else None
 
 
 # Paper, section 4: "All weights were initialized from a zero-centered Normal
@@ -24,15 +60,16 @@ from dcgan.core.errors import UserError
 # constructed, so a shared module-level one would give every layer the same draws and
 # take its seed from before `keras.utils.set_random_seed` ran.
 def _w_init() -> keras.initializers.Initializer:
+    import keras
+
     return keras.initializers.RandomNormal(0.0, 0.02)
 
 
-def _gamma_init() -> keras.initializers.Initializer:
-    return keras.initializers.RandomNormal(1.0, 0.02)
+def _batch_norm(sync_bn: bool) -> keras.layers.BatchNormalization:
+    import keras
 
-
-def _batch_norm(sync_bn: bool) -> layers.BatchNormalization:
-    return layers.BatchNormalization(gamma_initializer=_gamma_init(), synchronized=sync_bn)
+    return keras.layers.BatchNormalization(
+        gamma_initializer=keras.initializers.RandomNormal(1.0, 0.02), synchronized=sync_bn)
 
 
 def _paper_depth(image_size: int) -> tuple[int, int]:
@@ -45,7 +82,8 @@ def _paper_depth(image_size: int) -> tuple[int, int]:
 
 def Generator(cfg: TrainConfig, image_shape: tuple[int, int, int],
               sync_bn: bool = False) -> keras.Sequential:
-    """The generator G: z of `latent_dim` dims -> image of `image_shape` in [-1, 1].
+    """The generator G of `train.arch`: z of `latent_dim` dims -> image of `image_shape` in
+    [-1, 1].
 
     `sync_bn`: batch norm takes its statistics over the global batch, across replicas
     (set it when training on several; on one it would only cost time).
@@ -53,9 +91,26 @@ def Generator(cfg: TrainConfig, image_shape: tuple[int, int, int],
     Raises:
         UserError: if the architecture cannot produce `image_shape`.
     """
+    return ARCHITECTURES[cfg.arch].generator(cfg, image_shape, sync_bn)
+
+
+def Discriminator(cfg: TrainConfig, image_shape: tuple[int, int, int],
+                  sync_bn: bool = False) -> keras.Sequential:
+    """The discriminator D of `train.arch`: image -> one real/fake logit (`sync_bn`: as for
+    `Generator`).
+
+    Raises:
+        UserError: if the architecture cannot take `image_shape`.
+    """
+    return ARCHITECTURES[cfg.arch].discriminator(cfg, image_shape, sync_bn)
+
+
+def _paper_generator(cfg: TrainConfig, image_shape: tuple[int, int, int],
+                     sync_bn: bool) -> keras.Sequential:
+    import keras
+    from keras import layers
+
     size, _, channels = image_shape
-    if cfg.arch == "tutorial":
-        return _tutorial_generator(cfg.latent_dim, size, channels, sync_bn)
     start, depth = _paper_depth(size)
     width = cfg.g_filters * 2 ** (depth - 1)
     model = keras.Sequential(name="generator")
@@ -80,15 +135,11 @@ def Generator(cfg: TrainConfig, image_shape: tuple[int, int, int],
     return model
 
 
-def Discriminator(cfg: TrainConfig, image_shape: tuple[int, int, int],
-                  sync_bn: bool = False) -> keras.Sequential:
-    """The discriminator D: image -> one real/fake logit (`sync_bn`: as for `Generator`).
+def _paper_discriminator(cfg: TrainConfig, image_shape: tuple[int, int, int],
+                         sync_bn: bool) -> keras.Sequential:
+    import keras
+    from keras import layers
 
-    Raises:
-        UserError: if the architecture cannot take `image_shape`.
-    """
-    if cfg.arch == "tutorial":
-        return _tutorial_discriminator(image_shape)
     _, depth = _paper_depth(image_shape[0])
     model = keras.Sequential(name="discriminator")
     model.add(keras.Input(image_shape))
@@ -110,8 +161,12 @@ def Discriminator(cfg: TrainConfig, image_shape: tuple[int, int, int],
     return model
 
 
-def _tutorial_generator(latent_dim: int, size: int, channels: int,
+def _tutorial_generator(cfg: TrainConfig, image_shape: tuple[int, int, int],
                         sync_bn: bool) -> keras.Sequential:
+    import keras
+    from keras import layers
+
+    latent_dim, (size, _, channels) = cfg.latent_dim, image_shape
     if size % 4:
         raise UserError(f"image size {size} cannot be produced by the tutorial architecture "
                         "(it needs a multiple of 4)")
@@ -133,7 +188,11 @@ def _tutorial_generator(latent_dim: int, size: int, channels: int,
     ], name="generator")
 
 
-def _tutorial_discriminator(image_shape: tuple[int, int, int]) -> keras.Sequential:
+def _tutorial_discriminator(cfg: TrainConfig, image_shape: tuple[int, int, int],
+                            sync_bn: bool) -> keras.Sequential:
+    import keras
+    from keras import layers
+
     return keras.Sequential([
         keras.Input(image_shape),
         layers.Conv2D(64, 5, strides=2, padding="same"),
@@ -145,3 +204,21 @@ def _tutorial_discriminator(image_shape: tuple[int, int, int]) -> keras.Sequenti
         layers.Flatten(),
         layers.Dense(1, dtype="float32"),  # (B, 1) logits
     ], name="discriminator")
+
+
+ARCHITECTURES = {
+    "paper": Architecture(
+        "Radford et al. 2015's guidelines (arXiv 1511.06434, section 3)",
+        # Two time-scales with G's rate 4x D's, this project's recipe (docs/recipe.md; the
+        # paper itself used 2e-4 for both).
+        adam=((4e-3, 1e-3), 0.5),
+        sizes="s * 2**n with s in 4..7 and n >= 2 (e.g. 16, 28, 32, 64)",
+        fits=lambda size: paper_start_size(size) is not None,
+        generator=_paper_generator, discriminator=_paper_discriminator),
+    "tutorial": Architecture(
+        "the TensorFlow DCGAN tutorial's networks, for comparison",
+        adam=((1e-4, 1e-4), 0.9),
+        sizes="a multiple of 4 (e.g. 28, 32, 64)",
+        fits=lambda size: size % 4 == 0,
+        generator=_tutorial_generator, discriminator=_tutorial_discriminator),
+}

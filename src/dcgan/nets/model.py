@@ -14,7 +14,9 @@ from keras import layers, ops
 from dcgan.core.config import TrainConfig
 from dcgan.nets.architectures import Discriminator, Generator
 from dcgan.nets.ema import average_of, ema_beta, update_average
+from dcgan.nets.losses import LOSSES
 from dcgan.nets.replicas import across_replicas, replica_slice, step_logs
+from dcgan.nets.updates import UPDATES
 
 
 class DCGAN(keras.Model):
@@ -29,14 +31,16 @@ class DCGAN(keras.Model):
     """
 
     def __init__(self, generator: keras.Model, discriminator: keras.Model, latent_dim: int,
-                 seed: int, update: str = "alternating", average: keras.Model | None = None,
+                 seed: int, update: str = "alternating", loss: str = "non_saturating",
+                 average: keras.Model | None = None,
                  ema: tuple[float, float | None] = (0, None), batch: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.generator = generator
         self.discriminator = discriminator
         self.average, self.ema_schedule, self.batch = average, ema, batch
         self.latent_dim = latent_dim
-        self.update = update  # "alternating", "simultaneous" or "reuse_fake": see train_step
+        self.update = update  # a key of nets.updates.UPDATES
+        self.gan_loss = LOSSES[loss]  # D's and G's loss (nets.losses)
         self.d_has_batchnorm = any(isinstance(layer, layers.BatchNormalization)
                                    for layer in discriminator.layers)
         # All noise comes from here, so a seed fixes every z the model draws.
@@ -60,8 +64,6 @@ class DCGAN(keras.Model):
         # Build the slots now so a checkpoint restores them before the first step.
         g_optimizer.build(self.generator.trainable_variables)
         d_optimizer.build(self.discriminator.trainable_variables)
-        # Per example: `_average` takes the mean over the global batch itself.
-        self.bce = keras.losses.BinaryCrossentropy(from_logits=True, reduction="none")
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
@@ -86,11 +88,11 @@ class DCGAN(keras.Model):
         replica, replicas = replica_slice()
         return self.sample_noise(batch * replicas)[replica * batch:(replica + 1) * batch]
 
-    def _average(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-        """Cross-entropy summed over this replica's examples, divided by the global batch,
-        as tf.distribute expects: the replicas' gradients are summed, so their sum is the
-        gradient of the mean over the global batch (on one device, the plain mean)."""
-        per_example = self.bce(labels, logits)  # (B,)
+    @staticmethod
+    def global_mean(per_example: tf.Tensor) -> tf.Tensor:
+        """Per-example values (B,) summed over this replica's examples, divided by the global
+        batch, as tf.distribute expects: the replicas' gradients are summed, so their sum is
+        the gradient of the mean over the global batch (on one device, the plain mean)."""
         replicas = replica_slice()[1]
         return ops.divide_no_nan(ops.sum(per_example),
                                  ops.cast(ops.shape(per_example)[0] * replicas, "float32"))
@@ -111,14 +113,8 @@ class DCGAN(keras.Model):
 
     def train_step(self, real: tf.Tensor) -> dict[str, tf.Tensor]:
         # On several replicas (tf.distribute) `real` is this replica's slice of the batch.
-        batch = ops.shape(real)[0]
-        ones, zeros = ops.ones((batch, 1)), ops.zeros((batch, 1))
-        if self.update == "simultaneous":
-            d_loss, g_loss, real_logits, fake_logits = self._simultaneous_step(real, ones, zeros)
-        elif self.update == "reuse_fake":
-            d_loss, g_loss, real_logits, fake_logits = self._reuse_fake_step(real, ones, zeros)
-        else:
-            d_loss, g_loss, real_logits, fake_logits = self._alternating_step(real, ones, zeros)
+        # D's and G's updates, in the order `update` names (nets.updates).
+        d_loss, g_loss, real_logits, fake_logits = UPDATES[self.update].step(self, real)
         if self.average is not None:  # G has taken its step: the average follows
             images_before = (self.g_optimizer.iterations - 1) * self.batch
             update_average(self.average, self.generator, ema_beta(images_before, self.batch,
@@ -133,69 +129,10 @@ class DCGAN(keras.Model):
                                                          "mean"))
         return step_logs({m.name: m.result() for m in self.metrics})
 
-    def _alternating_step(self, real: tf.Tensor, ones: tf.Tensor,
-                          zeros: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        # 1. Update D: real images towards 1, generated ones towards 0.
-        z = self.replica_noise(ops.shape(real)[0])  # (B, latent_dim)
-        with tf.GradientTape() as tape:
-            fake = self.generator(z, training=True)  # (B, H, W, C)
-            real_logits, fake_logits = self.discriminate(real, fake)  # (B, 1) each
-            d_loss = (self._average(ones, real_logits)
-                      + self._average(zeros, fake_logits))
-        self._apply(self.d_optimizer, tape.gradient(d_loss, self.discriminator.trainable_variables),
-                    self.discriminator)
-
-        # 2. Update G with fresh noise against the updated D: the non-saturating loss
-        #    -log D(G(z)) (Goodfellow et al. 2014, section 3) gives strong early gradients.
-        z = self.replica_noise(ops.shape(real)[0])
-        with tf.GradientTape() as tape:
-            g_logits = self.discriminator(self.generator(z, training=True), training=True)
-            g_loss = self._average(ones, g_logits)
-        self._apply(self.g_optimizer, tape.gradient(g_loss, self.generator.trainable_variables),
-                    self.generator)
-        return d_loss, g_loss, real_logits, fake_logits
-
-    def _simultaneous_step(self, real: tf.Tensor, ones: tf.Tensor,
-                           zeros: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        # One G forward pass serves both updates, each taken at the current weights
-        # (the tutorial's step): G's costs about as much as the rest of the step together.
-        z = self.replica_noise(ops.shape(real)[0])
-        with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
-            fake = self.generator(z, training=True)
-            real_logits, fake_logits = self.discriminate(real, fake)
-            d_loss = (self._average(ones, real_logits)
-                      + self._average(zeros, fake_logits))
-            g_loss = self._average(ones, fake_logits)  # non-saturating, as above
-        d_grads = d_tape.gradient(d_loss, self.discriminator.trainable_variables)
-        g_grads = g_tape.gradient(g_loss, self.generator.trainable_variables)
-        self._apply(self.d_optimizer, d_grads, self.discriminator)
-        self._apply(self.g_optimizer, g_grads, self.generator)
-        return d_loss, g_loss, real_logits, fake_logits
-
-    def _reuse_fake_step(self, real: tf.Tensor, ones: tf.Tensor,
-                         zeros: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        # PyTorch's DCGAN step (pytorch/examples dcgan/main.py): one G forward pass. D steps
-        # on real images and on the fake as a constant (`fake.detach()`); then G's loss on
-        # that same fake through the updated D, back through the recorded G pass.
-        z = self.replica_noise(ops.shape(real)[0])
-        with tf.GradientTape() as g_tape:
-            fake = self.generator(z, training=True)
-            with g_tape.stop_recording():
-                with tf.GradientTape() as d_tape:
-                    real_logits, fake_logits = self.discriminate(real, tf.stop_gradient(fake))
-                    d_loss = (self._average(ones, real_logits)
-                              + self._average(zeros, fake_logits))
-                self._apply(self.d_optimizer,
-                            d_tape.gradient(d_loss, self.discriminator.trainable_variables),
-                            self.discriminator)
-            g_loss = self._average(ones, self.discriminator(fake, training=True))
-        self._apply(self.g_optimizer, g_tape.gradient(g_loss, self.generator.trainable_variables),
-                    self.generator)
-        return d_loss, g_loss, real_logits, fake_logits
-
     @staticmethod
-    def _apply(optimizer: keras.optimizers.Optimizer, grads: list[tf.Tensor],
-               net: keras.Model) -> None:
+    def update_weights(optimizer: keras.optimizers.Optimizer, grads: list[tf.Tensor],
+                       net: keras.Model) -> None:
+        """One optimizer step of `net` (G or D) with `grads`, its trainable variables'."""
         optimizer.apply_gradients(zip(grads, net.trainable_variables, strict=True))
 
 
@@ -218,7 +155,7 @@ def build_gan(cfg: TrainConfig, image_shape: tuple[int, int, int],
         # Made after both nets, so G and D start from the same weights with or without it.
         average = average_of(generator) if cfg.ema else None
         gan = DCGAN(generator, discriminator, cfg.latent_dim, seed=cfg.seed, update=cfg.update,
-                    average=average, ema=(cfg.ema_half_life, cfg.ema_rampup),
+                    loss=cfg.loss, average=average, ema=(cfg.ema_half_life, cfg.ema_rampup),
                     batch=cfg.batch_size, name="dcgan")
         gan(ops.zeros((1, cfg.latent_dim)))  # build, so checkpoints can be restored into it
         (g_lr, g_beta1), (d_lr, d_beta1) = cfg.optimiser("g"), cfg.optimiser("d")

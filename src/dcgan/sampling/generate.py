@@ -35,7 +35,7 @@ def slerp(z0: np.ndarray, z1: np.ndarray, t: np.ndarray) -> np.ndarray:
     return (np.sin((1 - t) * omega) * z0 + np.sin(t * omega) * z1) / np.sin(omega)
 
 
-def load_generator(path: Path) -> keras.Model:
+def load_generator_file(path: Path) -> keras.Model:
     """Load a saved generator.
 
     Raises:
@@ -47,7 +47,7 @@ def load_generator(path: Path) -> keras.Model:
 def draw_samples(generator: keras.Model, num_samples: int,
                  rng: np.random.Generator) -> np.ndarray:
     """`num_samples` images from noise z ~ N(0, I) drawn from `rng`: the generate stage's
-    samples (and what `dcgan.tools.bench_stages` times).
+    samples (and what `python -m benchmarks generate` times).
 
     Returns:
         (num_samples, H, W, C) float32 in [-1, 1].
@@ -70,7 +70,7 @@ def generate(cfg: GenerateConfig, generator_path: Path, out_dir: Path) -> dict:
     Raises:
         UserError: if the generator cannot be loaded.
     """
-    return _write_samples(load_generator(generator_path), cfg, out_dir)
+    return _write_samples(load_generator_file(generator_path), cfg, out_dir)
 
 
 def _write_samples(generator: keras.Model, cfg: GenerateConfig, out_dir: Path) -> dict:

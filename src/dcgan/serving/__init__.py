@@ -1,3 +1,2 @@
-"""Using a trained generator outside the pipeline: where it comes from (source), pictures
-from it (sample), exports to other runtimes (export), and the pyfunc flavour MLflow serves
-(pyfunc)."""
+"""The pyfunc flavour MLflow serves: the registered generator as a model that returns images
+(`mlflow models serve`). The CLI's sample and export are in tools."""

@@ -14,21 +14,14 @@ import sys
 from pathlib import Path
 
 from dcgan.core.errors import UserError
-from dcgan.core.stage import stage_main
 from dcgan.tools import compare
-from dcgan.tools.arguments import names, positive_int
-from dcgan.tools.cli_bench import add_bench
+from dcgan.tools.arguments import names, positive_int, run_command
 from dcgan.tools.cli_use import add_use
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse `argv` (default: the command line) and run the chosen command.
-
-    Raises:
-        SystemExit: 2 on bad arguments or a UserError, 130 on Ctrl-C.
-    """
-    args = build_parser().parse_args(argv)
-    stage_main(lambda: args.handler(args))
+    """Run the command `argv` names (default: the command line); see `run_command`."""
+    run_command(build_parser(), argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sync(commands)
     _add_preset(commands)
     add_use(commands)
-    add_bench(commands)
     _add_train_worker(commands)
     return parser
 
@@ -169,7 +161,7 @@ def _run_stage(repo: Path, name: str) -> None:
         UserError: if `repo` holds no DVC pipeline with that stage.
         SystemExit: the command's status when it fails (it has printed its error).
     """
-    from dcgan.core.stage import stage_command
+    from dcgan.runtime.stage import stage_command
 
     code = subprocess.run(stage_command(repo, name), shell=True, cwd=repo).returncode
     if code:

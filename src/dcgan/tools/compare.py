@@ -27,7 +27,7 @@ def table(runs: pd.DataFrame, params: Sequence[str] | None = None,
     """One row per run, best first: run, exp, params, metrics, duration, run_id (, status).
 
     Args:
-        runs: the non-empty output of `tracking.search_runs`.
+        runs: the non-empty output of `tracking.queries.search_runs`.
         params: param keys to show (`train.lr`); default: those whose values differ among
             the rows shown, else `FALLBACK_PARAMS`.
         metrics: metric names to show; default: the `DEFAULT_METRICS` these runs have. The

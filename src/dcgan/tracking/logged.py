@@ -1,6 +1,6 @@
 """A run's logged generator, used outside the pipeline: load it by its `models:/` or
 `runs:/` URI, find the run of a `.keras` file, and log an export of it to its run
-(`dcgan sample` and `dcgan export`, through dcgan.serving.source and .export)."""
+(`dcgan sample` and `dcgan export`, through dcgan.tools.generator_ref and .export)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # keras is imported where it is used
     import keras
 
 
-def load_generator(uri: str, remedy: str) -> tuple[keras.Model, str | None]:
+def load_logged_generator(uri: str, remedy: str) -> tuple[keras.Model, str | None]:
     """The Keras flavour of the logged model `uri`, and the run that logged it.
 
     Raises:
@@ -50,9 +50,10 @@ def run_of_file(md5: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def log_export(run_id: str, fmt: str, out: Path, diff: float) -> str:
-    """Log an export to the generator's run under `exports/`, with its parity figure as
-    the metric `export.<fmt>.max_abs_diff`.
+def log_export(run_id: str, out: Path, metrics: dict[str, float]) -> str:
+    """Log an export to the generator's run under `exports/`, with its parity figures as
+    `metrics` (dcgan.tools.export.Parity.metrics: `export.<fmt>.max_abs_diff_vs_float32`
+    and `export.<fmt>.max_abs_diff_vs_trained`).
 
     Returns:
         The artifact path it was logged under.
@@ -62,7 +63,8 @@ def log_export(run_id: str, fmt: str, out: Path, diff: float) -> str:
         client.log_artifacts(run_id, str(out), f"exports/{out.name}")
     else:
         client.log_artifact(run_id, str(out), "exports")
-    client.log_metric(run_id, f"export.{fmt}.max_abs_diff", diff)
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
     return f"exports/{out.name}"
 
 

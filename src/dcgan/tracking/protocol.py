@@ -1,7 +1,7 @@
 """The protocol a metric set was measured under, as MLflow tags: scores compare only
 within one protocol (the same classifier file, N, reference split and seed).
 
-The evaluate stage writes it into metrics.json (`evaluation.evaluate.protocol`); the sync
+The evaluate stage writes it into metrics.json (`evaluation.metrics.protocol`); the sync
 step tags the run with it; `dcgan compare` warns when the rows it shows mix protocols and
 the registry's `best-<dataset>` alias compares runs of one protocol only.
 """

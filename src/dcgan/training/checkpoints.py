@@ -10,10 +10,10 @@ reads it back when `fit()` starts after a crash or a kill. It holds:
 - the best epoch's generator so far and, if training decided to stop early, when
   (training.selection);
 - the per-epoch files (history and quality CSVs, the epoch grids), which training writes
-  here and copies to its DVC outputs only once it completes (`Progress`): a failed or killed
+  here and copies to its DVC outputs only once it completes (`StagedOutputs`): a failed or killed
   run leaves no partial outputs and overwrites none of the last ones;
 - the MLflow run id (`run.json`), so a resumed training continues its run.
-The data order is a function of the epoch (`dataset.batches.SeededBatches`), so with these the
+The data order is a function of the epoch (`processed.batches.SeededBatches`), so with these the
 resumed run computes exactly what the uninterrupted one would have. `train()` deletes the
 directory once all its outputs are saved.
 """
@@ -71,7 +71,7 @@ def save_run_id(directory: Path, run_id: str) -> None:
 
 
 @dataclass(frozen=True)
-class Progress:
+class StagedOutputs:
     """Training's files inside its checkpoint directory, named as the outputs they become."""
 
     history: Path
@@ -84,7 +84,7 @@ class Progress:
     selection: Path
 
     @classmethod
-    def inside(cls, directory: Path, outputs: object) -> Progress:
+    def inside(cls, directory: Path, outputs: object) -> StagedOutputs:
         """For each field, `directory / <name of outputs.<field>>`."""
         return cls(**{f.name: directory / getattr(outputs, f.name).name for f in fields(cls)})
 

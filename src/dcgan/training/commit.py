@@ -33,10 +33,9 @@ from dcgan.core.outputs import rounded
 from dcgan.nets.serialisation import save_model
 from dcgan.sampling.images import image_grid, save_image
 from dcgan.tracking.runlog import RunLog
-from dcgan.training.checkpoints import Checkpoint, Progress
+from dcgan.training.checkpoints import Checkpoint, StagedOutputs
 from dcgan.training.guards import CollapseWatch, DivergenceGuard
-from dcgan.training.quality import FixedSampleFD
-from dcgan.training.selection import BEST, Selection, mark_stopped
+from dcgan.training.selection import BEST, FixedSampleFD, Selection, mark_stopped
 
 GRID_ROWS = 8  # the per-epoch grid shows GRID_ROWS x GRID_ROWS samples
 
@@ -62,7 +61,7 @@ def history_row(epoch: int, logs: dict) -> dict:
 class EpochRecord:
     """What the chief records of each epoch, and where."""
 
-    progress: Progress  # the per-epoch files, in the checkpoint directory
+    progress: StagedOutputs  # the per-epoch files, in the checkpoint directory
     run: RunLog
     noise: np.ndarray  # the grid's fixed noise (GRID_ROWS**2, latent_dim)
     collapse: CollapseWatch

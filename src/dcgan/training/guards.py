@@ -5,9 +5,10 @@
   an epoch's end, with one clear error. It raises rather than setting `stop_training`:
   `fit()` then skips `on_train_end`, so `BackupAndRestore` keeps the last good epoch's
   checkpoint, and the MLflow run ends FAILED.
-- `CollapseWatch` warns, and tags the MLflow run `collapse`, when D's loss stays near 0
-  for `train.collapse_patience` epochs in a row: D then rejects every sample with
-  certainty and G gets no useful gradient, the failure DCGAN users report most.
+- `CollapseWatch` warns, and tags the MLflow run `collapse`, when D's loss stays below the
+  loss's `collapse_d_loss` (nets.losses) for `train.collapse_patience` epochs in a row: D
+  then rejects every sample with certainty and G gets no useful gradient, the failure DCGAN
+  users report most.
 """
 
 from __future__ import annotations

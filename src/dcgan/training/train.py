@@ -1,17 +1,28 @@
-"""Training: the phases of the train stage around `fit()`.
+"""Training: the train stage's loop, and the phases around `fit()`.
 
-The train stage calls `train()`, which runs named phases:
-1. `_prepare`: the strategy, the data, the seeds, the model and the checkpoint directory;
-2. `_record`: what the chief records of each epoch (the grid's noise, the quality score,
-   the collapse watch), for the per-epoch commit (training.commit);
-3. `_fit`: Keras' `fit()` with two callbacks, the input pipeline's and the commit, inside
-   the MLflow run (a resumed training reopens its run);
-4. `_publish`: the GIF of the grids, G and D as `.keras` files, every output copied from
-   the checkpoint directory, and the run file last.
-The per-epoch files live in the checkpoint directory until training succeeds, so a failed
-or killed run changes no output; the resumed run's weights are bitwise those of an
-uninterrupted one. Throughput and wall time go to MLflow only, so the DVC outputs depend
-on params and data alone. The devices and workers it trains on are in distribution.py.
+One epoch, whole (each part's module on the right):
+
+    for epoch in range(epochs):                 # Keras fit(), in `_fit` below
+        for real in batches:                    # seeded, from disk: processed.batches
+            DCGAN.train_step(real)              # nets.model
+                UPDATES[train.update].step      # D's and G's updates: nets.updates
+                    LOSSES[train.loss]          # their loss pair: nets.losses
+                update_average                  # G's moving average: nets.ema
+            DivergenceGuard                     # a non-finite loss stops: training.guards
+        EpochCommit.on_epoch_end                # in this order: training.commit
+            grid, guard, collapse, history      # samples of fixed noise; health; losses
+            FixedSampleFD, Selection            # score, keep-best, early stop: training.selection
+            RunLog                              # the same numbers to MLflow: tracking.runlog
+            Checkpoint                          # the epoch commits last: training.checkpoints
+
+`train()` runs it in phases: `_prepare` (strategy, data, seeds, model, checkpoint
+directory), `_record` (what the chief records each epoch), `_fit` (with the epoch bar,
+training.epoch_bar, inside the MLflow run) and `_publish` (the GIF, G and D, every output
+copied from the checkpoint directory, the run file last). The per-epoch files live in the
+checkpoint directory until training succeeds, so a failed or killed run changes no output;
+a resumed run's weights are bitwise those of an uninterrupted one. Throughput and wall time
+go to MLflow only, so the DVC outputs depend on params and data alone. The devices and
+workers it trains on are in training.distribution.
 """
 
 from __future__ import annotations
@@ -30,30 +41,30 @@ import tensorflow as tf
 from dcgan.core.config import Params, TrainConfig, flatten
 from dcgan.core.errors import UserError
 from dcgan.core.outputs import file_md5, rounded, write_json
-from dcgan.core.seeding import seed_everything
-from dcgan.dataset.batches import SeededBatches
-from dcgan.dataset.imagestore import Dataset, dataset_md5, open_dataset
+from dcgan.core.seeding import seed_everything, set_precision
+from dcgan.evaluation.classifier import feature_extractor
 from dcgan.evaluation.metrics import protocol
-from dcgan.features.classifier import feature_extractor
+from dcgan.nets.losses import LOSSES
 from dcgan.nets.model import build_gan
 from dcgan.nets.serialisation import load_model, save_model
+from dcgan.processed.batches import SeededBatches
+from dcgan.processed.imagestore import Dataset, dataset_md5, open_dataset
 from dcgan.sampling.images import make_gif
 from dcgan.tracking.runfile import RunRecord, default_run_name, kept_tag, write_run_file
 from dcgan.tracking.runlog import RunLog
 from dcgan.tracking.store import check_store
 from dcgan.training.checkpoints import (
     Checkpoint,
-    Progress,
+    StagedOutputs,
     checkpoint_dir,
     save_run_id,
     saved_run_id,
 )
 from dcgan.training.commit import GRID_ROWS, EpochCommit, EpochRecord
 from dcgan.training.distribution import Role, agree, lost_contact, make_strategy
+from dcgan.training.epoch_bar import EpochBar
 from dcgan.training.guards import CollapseWatch, DivergenceGuard
-from dcgan.training.progress import EpochProgress
-from dcgan.training.quality import FixedSampleFD
-from dcgan.training.selection import BEST, Selection, stopped_at
+from dcgan.training.selection import BEST, FixedSampleFD, Selection, stopped_at
 
 
 def _path(help: str) -> Path:  # noqa: A002 (the argparse word)
@@ -107,7 +118,8 @@ def _prepare(params: Params, data_file: Path, out: TrainOutputs) -> Setup:
         raise UserError("train.early_stop_patience works on one machine only (the workers "
                         "would have to agree on each stop); set it to 0 under multi_worker")
     # Seeds first: the initial weights and the noise draw from them.
-    policy = seed_everything(cfg.seed, cfg.precision)
+    seed_everything(cfg.seed)
+    policy = set_precision(cfg.precision)
     batches = SeededBatches(data.train_x, cfg.batch_size, cfg.seed)
     gan = build_gan(cfg, data.image_shape, role.strategy)
     ckpt = checkpoint_dir(out.checkpoints, cfg, data_md5, role.worker)
@@ -117,13 +129,14 @@ def _prepare(params: Params, data_file: Path, out: TrainOutputs) -> Setup:
     return setup
 
 
-def _record(setup: Setup, classifier_path: Path, progress: Progress, run: RunLog) -> EpochRecord:
+def _record(setup: Setup, classifier_path: Path, progress: StagedOutputs,
+            run: RunLog) -> EpochRecord:
     """Phase 2: what the chief records of each epoch. With `train.eval_every` 0 there is no
     quality score, and quality.csv is a header alone."""
     cfg = setup.cfg
     noise = np.random.default_rng(cfg.seed).standard_normal((GRID_ROWS**2, cfg.latent_dim))
     record = EpochRecord(progress, run, noise.astype(np.float32),
-                         CollapseWatch(cfg.collapse_patience, cfg.collapse_d_loss),
+                         CollapseWatch(cfg.collapse_patience, LOSSES[cfg.loss].collapse_d_loss),
                          setup.steps * cfg.batch_size,
                          Selection(cfg.keep_best, cfg.early_stop_patience),
                          eval_every=cfg.eval_every)
@@ -200,10 +213,10 @@ def _replica_batch(batch_size: int, role: Role) -> None:
 def _fit(setup: Setup, epochs: int, callbacks: list[keras.callbacks.Callback],
          selection: Selection | None = None) -> None:
     """`fit()`, with one progress bar over all its steps on a terminal and a line per epoch
-    in logs (training.progress); with several workers, a collective that fails because one
+    in logs (training.epoch_bar); with several workers, a collective that fails because one
     is gone becomes one error line."""
     try:
-        with EpochProgress(epochs, setup.steps, selection) as progress:
+        with EpochBar(epochs, setup.steps, selection) as progress:
             setup.gan.fit(setup.batches.dataset, epochs=epochs, callbacks=[*callbacks, progress],
                           shuffle=False, verbose=0)
     except tf.errors.OpError as err:
@@ -261,7 +274,7 @@ def train(params: Params, data_file: Path, classifier_path: Path, out: TrainOutp
     setup = _prepare(params, data_file, out)
     if not setup.role.chief:
         return _train_worker(setup)
-    cfg, progress = setup.cfg, Progress.inside(setup.ckpt, out)
+    cfg, progress = setup.cfg, StagedOutputs.inside(setup.ckpt, out)
     stop = stopped_at(setup.ckpt)  # an interrupted run that had decided to stop early
     tags = {"dataset": params.fetch.dataset, "data_md5": setup.data_md5, "arch": cfg.arch,
             "precision": setup.policy, **setup.role.tags()}
