@@ -104,7 +104,7 @@ def _add_stage_benches(kinds: argparse._SubParsersAction) -> list[argparse.Argum
     `python -m benchmarks data` (benchmarks.data)."""
     generate = kinds.add_parser(
         "generate", help="samples/s of the generate stage's sampling",
-        description="Time the generate stage's own sampling (sampling.draw_samples) of N "
+        description="Time the generate stage's own sampling (sampling.generate.draw_samples) of N "
                     "samples after one warm-up call; no files are written.")
     generate.add_argument("--samples", type=positive_int, default=10_000, metavar="N",
                           help="samples to draw (default: %(default)s)")

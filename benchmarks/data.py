@@ -124,6 +124,7 @@ def _workspace(repo: Path, work: Path, folder: Path, n: int, size: int) -> None:
 
 def _stage_peaks(work: Path, steps: int, array_bytes: int) -> tuple[dict, dict]:
     """Steps 3 and 4: ({stage: {"peak_rss_mb", "seconds"}}, the disk figures)."""
+    from benchmarks.records import ROOT
     from benchmarks.stages import peak_rss, stage_commands
 
     commands = stage_commands(work / "dvc.yaml")
@@ -140,6 +141,7 @@ def _stage_peaks(work: Path, steps: int, array_bytes: int) -> tuple[dict, dict]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(ROOT)  # train's entry imports benchmarks, from the copy's cwd
     stages, disk = {}, {}
     for name, cmd in runs.items():
         say(f"stage {name}")

@@ -33,7 +33,35 @@ import numpy as np
 from dcgan.core.errors import UserError
 
 PEER = "pytorch/examples dcgan/main.py"
-UPDATES = ("alternating", "simultaneous", "reuse_fake")
+
+
+def _torch_nets(image_size: int, nz: int = 100, ngf: int = 64, ndf: int = 64,
+                nc: int = 3) -> tuple:
+    """main.py's generator and discriminator for `image_size`, with its weights_init."""
+    from torch import nn
+
+    depth = int(np.log2(image_size // 4))  # stride-2 layers: 4 for 64 px
+    widths = [ngf * 2 ** i for i in reversed(range(depth))]  # 512, 256, 128, 64
+    g = [nn.ConvTranspose2d(nz, widths[0], 4, 1, 0, bias=False), nn.BatchNorm2d(widths[0]),
+         nn.ReLU(True)]
+    for a, b in zip(widths, widths[1:], strict=False):
+        g += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(True)]
+    g += [nn.ConvTranspose2d(widths[-1], nc, 4, 2, 1, bias=False), nn.Tanh()]
+    widths = [ndf * 2 ** i for i in range(depth)]  # 64, 128, 256, 512
+    d = [nn.Conv2d(nc, widths[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
+    for a, b in zip(widths, widths[1:], strict=False):
+        d += [nn.Conv2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b),
+              nn.LeakyReLU(0.2, inplace=True)]
+    d += [nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False), nn.Sigmoid()]
+
+    def weights_init(m: nn.Module) -> None:  # main.py's
+        if "Conv" in type(m).__name__:
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif "BatchNorm" in type(m).__name__:
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+    return nn.Sequential(*g).apply(weights_init), nn.Sequential(*d).apply(weights_init)
 
 
 def torch_rate(batch_size: int, image_size: int, precision: str, steps: int,
@@ -43,35 +71,8 @@ def torch_rate(batch_size: int, image_size: int, precision: str, steps: int,
     from torch import nn, optim
 
     torch.manual_seed(0)
-    nz, ngf, ndf, nc = 100, 64, 64, 3
-    depth = int(np.log2(image_size // 4))  # stride-2 layers: 4 for 64 px
-
-    def generator() -> nn.Sequential:
-        widths = [ngf * 2 ** i for i in reversed(range(depth))]  # 512, 256, 128, 64
-        mods = [nn.ConvTranspose2d(nz, widths[0], 4, 1, 0, bias=False),
-                nn.BatchNorm2d(widths[0]), nn.ReLU(True)]
-        for a, b in zip(widths, widths[1:], strict=False):
-            mods += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b),
-                     nn.ReLU(True)]
-        return nn.Sequential(*mods, nn.ConvTranspose2d(widths[-1], nc, 4, 2, 1, bias=False),
-                             nn.Tanh())
-
-    def discriminator() -> nn.Sequential:
-        widths = [ndf * 2 ** i for i in range(depth)]  # 64, 128, 256, 512
-        mods = [nn.Conv2d(nc, widths[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
-        for a, b in zip(widths, widths[1:], strict=False):
-            mods += [nn.Conv2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b),
-                     nn.LeakyReLU(0.2, inplace=True)]
-        return nn.Sequential(*mods, nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False), nn.Sigmoid())
-
-    def weights_init(m: nn.Module) -> None:  # main.py's
-        if "Conv" in type(m).__name__:
-            nn.init.normal_(m.weight, 0.0, 0.02)
-        elif "BatchNorm" in type(m).__name__:
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
-
-    net_g, net_d = generator().apply(weights_init), discriminator().apply(weights_init)
+    nz, nc = 100, 3
+    net_g, net_d = _torch_nets(image_size, nz=nz, nc=nc)
     criterion = nn.BCELoss()
     opt_d = optim.Adam(net_d.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_g = optim.Adam(net_g.parameters(), lr=2e-4, betas=(0.5, 0.999))
@@ -227,6 +228,23 @@ def _forward_flops(net) -> tuple[float, float]:
     return float(sum(flops)), flops[0]
 
 
+def _alternate(ours_args: dict, peer_args: dict,
+               repeats: int) -> tuple[dict[str, list[float]], list[float]]:
+    """Images/s of ours and the peer, `repeats` fresh processes each, alternating; and the
+    GEMM peak before and after them (the higher is the machine's: a neighbour's load or a
+    lower clock only ever lowers one)."""
+    from benchmarks.records import in_fresh_process
+
+    precision = {"precision": peer_args["precision"]}
+    rates: dict[str, list[float]] = {"ours": [], "pytorch": []}
+    peaks = [in_fresh_process("benchmarks.peer", "gemm_peak", precision)]
+    for _ in range(repeats):
+        rates["ours"].append(in_fresh_process("benchmarks.step", "measure", ours_args))
+        rates["pytorch"].append(in_fresh_process("benchmarks.peer", "torch_rate", peer_args))
+    peaks.append(in_fresh_process("benchmarks.peer", "gemm_peak", precision))
+    return rates, peaks
+
+
 def run(precision: str, update: str, batch_size: int, image_size: int, steps: int,
         warmup: int, repeats: int, steps_per_execution: int = 1,
         components: bool = False) -> dict:
@@ -251,16 +269,8 @@ def run(precision: str, update: str, batch_size: int, image_size: int, steps: in
                      channels=3, filters=64)
     peer_args = dict(batch_size=batch_size, image_size=image_size, precision=precision,
                      steps=steps, warmup=warmup)
-    rates: dict[str, list[float]] = {"ours": [], "pytorch": []}
-    # The peak before and after the contenders, each in a fresh process: the higher is the
-    # machine's (a neighbour's load or a lower clock only ever lowers one).
-    peaks = [in_fresh_process("benchmarks.peer", "gemm_peak", {"precision": precision})]
-    for _ in range(repeats):
-        rates["ours"].append(in_fresh_process("benchmarks.step", "measure", ours_args))
-        rates["pytorch"].append(in_fresh_process("benchmarks.peer", "torch_rate",
-                                                 peer_args))
+    rates, peaks = _alternate(ours_args, peer_args, repeats)
     ours, peer = (statistics.median(rates[n]) for n in ("ours", "pytorch"))
-    peaks.append(in_fresh_process("benchmarks.peer", "gemm_peak", {"precision": precision}))
     peak = max(peaks)
     parts = {} if not components else {"component_ms": {
         p: in_fresh_process("benchmarks.peer", "component_ms",

@@ -6,7 +6,7 @@ Each function returns one JSON-serialisable record: `benchmark`, the figures, `t
 appends it to benchmarks/results.jsonl. Run from the repo root after `dvc repro`, e.g.
     python -c "from benchmarks import stages as b; print(b.generate_rate())"
 
-- `generate_rate`: samples/s of `sampling.draw_samples`, the generate stage's own sampling,
+- `generate_rate`: samples/s of `sampling.generate.draw_samples`, the generate stage's own sampling,
   after one warm-up call (the grid pictures and file writes are not timed).
 - `evaluate_seconds`: the evaluate stage's scoring (`evaluate_generator`, then the
   classifier's accuracy pass) of 10,000 samples against the processed data as the stage

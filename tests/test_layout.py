@@ -34,8 +34,11 @@ MAX_FUNCTION_LINES = 50
 
 
 def _code_files(root: Path) -> list[Path]:
-    """The modules whose size and docs are checked: the package and the stage scripts."""
-    return sorted((root / "src" / "dcgan").rglob("*.py")) + sorted((root / "stages").glob("*.py"))
+    """The modules whose size and docs are checked: the package, the stage scripts and the
+    benchmarks (their tests aside)."""
+    benchmarks = [p for p in sorted((root / "benchmarks").glob("*.py"))]
+    return (sorted((root / "src" / "dcgan").rglob("*.py")) + sorted((root / "stages").glob("*.py"))
+            + benchmarks)
 
 
 def _module_file(dotted: str) -> Path | None:
