@@ -38,6 +38,8 @@ from dcgan.training.guards import CollapseWatch, DivergenceGuard
 from dcgan.training.selection import BEST, FixedSampleFD, Selection, mark_stopped
 
 GRID_ROWS = 8  # the per-epoch grid shows GRID_ROWS x GRID_ROWS samples
+# quality.csv's columns: the epoch, the generator delivered's score and G's own.
+QUALITY_COLUMNS = ("epoch", "frechet_distance", "frechet_distance_raw")
 
 
 def write_row(path: Path, row: dict, fresh: bool) -> None:
@@ -140,7 +142,7 @@ class EpochCommit(keras.callbacks.Callback):
         model = self.model
         fd = rounded(record.quality(model.sampler))
         raw = rounded(record.quality(model.generator)) if model.average is not None else fd
-        row = {"epoch": done, "frechet_distance": fd, "frechet_distance_raw": raw}
+        row = dict(zip(QUALITY_COLUMNS, (done, fd, raw), strict=True))
         write_row(record.progress.quality, row, fresh=done <= record.eval_every)
         if record.selection.update(done, fd) and record.selection.keep_best:
             save_model(model.sampler, record.progress.quality.parent / BEST)

@@ -60,7 +60,7 @@ from dcgan.training.checkpoints import (
     save_run_id,
     saved_run_id,
 )
-from dcgan.training.commit import GRID_ROWS, EpochCommit, EpochRecord
+from dcgan.training.commit import GRID_ROWS, QUALITY_COLUMNS, EpochCommit, EpochRecord
 from dcgan.training.distribution import Role, agree, lost_contact, make_strategy
 from dcgan.training.epoch_bar import EpochBar
 from dcgan.training.guards import CollapseWatch, DivergenceGuard
@@ -143,7 +143,7 @@ def _record(setup: Setup, classifier_path: Path, progress: StagedOutputs,
     if cfg.eval_every == 0:
         progress.quality.parent.mkdir(parents=True, exist_ok=True)
         with open(progress.quality, "w", newline="") as f:
-            csv.writer(f).writerow(["epoch", "frechet_distance", "frechet_distance_raw"])
+            csv.writer(f).writerow(QUALITY_COLUMNS)
         return record
     classifier = load_model(classifier_path, remedy="run `dvc repro classifier` first")
     test_x = setup.data.test_x
