@@ -1,7 +1,8 @@
-"""The DCGAN: a generator and a discriminator trained against each other by `fit()`, with
-the adversarial `train_step`, top to bottom.
+"""The DCGAN: a generator and a discriminator trained against each other by `fit()`.
 
-The networks themselves are in nets.architectures (the paper's and the TF tutorial's).
+`train_step` runs the update order `train.update` names (nets.updates), which computes the
+loss pair `train.loss` names (nets.losses); then G's moving average follows and the
+trackers record the step. The networks themselves are in nets.architectures.
 Use: `gan = build_gan(params.train, image_shape)`, then `gan.fit(dataset)`.
 """
 
