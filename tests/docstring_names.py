@@ -33,6 +33,7 @@ from pathlib import Path
 # them as attributes). Add one here only when a docstring starts citing it.
 LIBRARY_NAMES = frozenset({
     "BackupAndRestore",  # keras.callbacks.BackupAndRestore
+    "BatchNormalization",  # keras.layers.BatchNormalization
     "MlflowClient",      # mlflow.tracking.MlflowClient
 })
 

@@ -71,10 +71,16 @@ def test_divergence_stops_with_one_error_keeps_the_checkpoint_and_fails_the_run(
     ckpt = checkpoint_dir(out.checkpoints, parse_params(NO_QUALITY).train,
                           imagestore.dataset_md5(processed_npz(tmp_path)))
     assert isinstance(error, Diverged) and isinstance(error, UserError)
-    assert str(error) == (
-        f"training diverged at epoch 2, step 1: d_loss = nan, g_loss = nan; the checkpoint of "
-        f"epoch 1 is kept in {ckpt}; lower the learning rates (now G 0.004, D 0.001: "
-        "train.lr for both, or train.g_lr and train.d_lr) or change train.seed, then rerun")
+    # Where it shows first depends on the kernels: a NaN weight makes the losses NaN at the
+    # next step, unless a fused batch norm + ReLU (oneDNN) maps the NaN to 0; then the weights
+    # guard finds it at the epoch's end.
+    where = str(error).split("; ")[0]
+    assert where in ("training diverged at epoch 2, step 1: d_loss = nan, g_loss = nan",
+                     "training diverged at epoch 2, its end: the weights hold NaN or inf")
+    assert str(error).removeprefix(where) == (
+        f"; the checkpoint of epoch 1 is kept in {ckpt}; lower the learning rates (now G "
+        "0.004, D 0.001: train.lr for both, or train.g_lr and train.d_lr) or change "
+        "train.seed, then rerun")
     assert ckpt.is_dir() and any(ckpt.iterdir())  # the last good epoch survives
     assert not out.generator.exists()
     assert _only_run(client).info.status == "FAILED"

@@ -65,11 +65,22 @@ def _w_init() -> keras.initializers.Initializer:
     return keras.initializers.RandomNormal(0.0, 0.02)
 
 
-def _batch_norm(sync_bn: bool) -> keras.layers.BatchNormalization:
+def _batch_norm(sync_bn: bool, **kwargs: object) -> keras.layers.BatchNormalization:
+    """Batch norm as one fused op (nets.batchnorm); over several replicas, Keras' own
+    synchronised layer, whose statistics span the global batch."""
     import keras
 
-    return keras.layers.BatchNormalization(
-        gamma_initializer=keras.initializers.RandomNormal(1.0, 0.02), synchronized=sync_bn)
+    from dcgan.nets.batchnorm import FusedBatchNorm
+
+    if sync_bn:
+        return keras.layers.BatchNormalization(synchronized=True, **kwargs)
+    return FusedBatchNorm(**kwargs)
+
+
+def _paper_batch_norm(sync_bn: bool) -> keras.layers.BatchNormalization:
+    import keras
+
+    return _batch_norm(sync_bn, gamma_initializer=keras.initializers.RandomNormal(1.0, 0.02))
 
 
 def _paper_depth(image_size: int) -> tuple[int, int]:
@@ -118,14 +129,14 @@ def _paper_generator(cfg: TrainConfig, image_shape: tuple[int, int, int],
     # The paper's "project and reshape" as a convolution: no fully connected hidden layer.
     model.add(layers.Reshape((1, 1, cfg.latent_dim)))  # (B, 1, 1, z)
     model.add(layers.Conv2DTranspose(width, start, use_bias=False, kernel_initializer=_w_init()))
-    model.add(_batch_norm(sync_bn))
+    model.add(_paper_batch_norm(sync_bn))
     model.add(layers.ReLU())  # (B, s, s, F * 2**(n-1))
     for _ in range(depth - 1):
         width //= 2
         model.add(layers.Conv2DTranspose(
             width, 4, strides=2, padding="same", use_bias=False, kernel_initializer=_w_init()
         ))
-        model.add(_batch_norm(sync_bn))
+        model.add(_paper_batch_norm(sync_bn))
         model.add(layers.ReLU())  # side doubles, width halves
     # No batch norm on G's output layer; tanh matches data scaled to [-1, 1].
     model.add(layers.Conv2DTranspose(
@@ -153,7 +164,7 @@ def _paper_discriminator(cfg: TrainConfig, image_shape: tuple[int, int, int],
             cfg.d_filters * 2**i, 4, strides=2, padding="same", use_bias=False,
             kernel_initializer=_w_init(),
         ))
-        model.add(_batch_norm(sync_bn))
+        model.add(_paper_batch_norm(sync_bn))
         model.add(layers.LeakyReLU(0.2))  # side halves, width doubles
     # "The last convolution layer is flattened and then fed into a single sigmoid output."
     model.add(layers.Flatten())
@@ -174,14 +185,14 @@ def _tutorial_generator(cfg: TrainConfig, image_shape: tuple[int, int, int],
     return keras.Sequential([
         keras.Input((latent_dim,)),
         layers.Dense(start * start * 256, use_bias=False),
-        layers.BatchNormalization(synchronized=sync_bn),
+        _batch_norm(sync_bn),
         layers.LeakyReLU(),
         layers.Reshape((start, start, 256)),  # (B, s, s, 256)
         layers.Conv2DTranspose(128, 5, strides=1, padding="same", use_bias=False),
-        layers.BatchNormalization(synchronized=sync_bn),
+        _batch_norm(sync_bn),
         layers.LeakyReLU(),  # (B, s, s, 128)
         layers.Conv2DTranspose(64, 5, strides=2, padding="same", use_bias=False),
-        layers.BatchNormalization(synchronized=sync_bn),
+        _batch_norm(sync_bn),
         layers.LeakyReLU(),  # (B, 2s, 2s, 64)
         layers.Conv2DTranspose(channels, 5, strides=2, padding="same", use_bias=False),
         layers.Activation("tanh", dtype="float32"),  # (B, 4s, 4s, C)

@@ -1,8 +1,9 @@
 """`.keras` files: saved atomically and reproducibly, loaded safely with one error line.
 
 Every model the pipeline writes (G, D, the classifier) goes through `save_model`, and
-every one it reads through `load_model`. G and D are plain Keras models of built-in
-layers, so loading needs none of the package's network code.
+every one it reads through `load_model`. G and D are saved as plain Keras models of built-in
+layers (training's fused batch norm becomes Keras' own, nets.batchnorm), so loading needs
+none of the package's network code.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import keras
 
 from dcgan.core.errors import UserError
 from dcgan.core.outputs import atomic_path
+from dcgan.nets.batchnorm import as_keras_layers
 
 # A .keras file is a zip. Keras stamps it with the save time (metadata.json's date_saved
 # and the weights entry's zip date) and numbers shared objects by their memory address
@@ -26,7 +28,9 @@ ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 def save_model(model: keras.Model, path: Path) -> None:
     """Save a model as `.keras`, atomically (a killed save never leaves a half-written
-    file) and reproducibly (the same weights give the same bytes)."""
+    file) and reproducibly (the same weights give the same bytes); `FusedBatchNorm` layers
+    are written as Keras' `BatchNormalization`."""
+    model = as_keras_layers(model)
     with atomic_path(path) as tmp:  # keeps the .keras suffix Keras requires
         raw = tmp.with_name(f"{tmp.stem}.raw.keras")  # what Keras writes, before restamping
         try:
