@@ -11,4 +11,4 @@ python scripts/quality_plot.py docs/quality.png
 # on cells of that grid (bold zeros - thin zeros + thin sevens, for the default generator).
 dcgan sample models/generator.keras --n 64 --seed 0 --numbered --out docs/sample_grid.png
 dcgan sample models/generator.keras --n 64 --seed 0 \
-  --arithmetic "36,44,50 - 19,60,59 + 39,56,63" --out docs/arithmetic.png
+  --arithmetic "7,30,26 - 2,35,24 + 45,54,34" --out docs/arithmetic.png
