@@ -36,9 +36,8 @@ MAX_FUNCTION_LINES = 50
 def _code_files(root: Path) -> list[Path]:
     """The modules whose size and docs are checked: the package, the stage scripts and the
     benchmarks (their tests aside)."""
-    benchmarks = [p for p in sorted((root / "benchmarks").glob("*.py"))]
     return (sorted((root / "src" / "dcgan").rglob("*.py")) + sorted((root / "stages").glob("*.py"))
-            + benchmarks)
+            + sorted((root / "benchmarks").glob("*.py")))
 
 
 def _module_file(dotted: str) -> Path | None:
