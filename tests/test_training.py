@@ -435,6 +435,8 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         run_id=crashed.info.run_id, status=crashed.info.status,
     )
     (ckpt / out.grids.name / "epoch_0002.png").rmdir()
+    # And as if a kill had landed while Keras rewrote its epoch file (truncated, not written).
+    (ckpt / "training_metadata.json").write_text("")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out, error = _train_in(root)

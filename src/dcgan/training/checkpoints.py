@@ -123,6 +123,16 @@ class Checkpoint(keras.callbacks.BackupAndRestore):
         self.steps_per_epoch = steps_per_epoch
 
     def on_train_begin(self, logs: dict | None = None) -> None:
+        # Keras writes its epoch file in place (truncate, then write), so a kill in between
+        # leaves it empty, and reading it would crash. The epoch comes from the weights
+        # (below), so a broken epoch file is dropped rather than read.
+        meta = Path(self._training_metadata_path)
+        try:
+            json.loads(meta.read_text())
+        except FileNotFoundError:
+            pass
+        except ValueError:
+            meta.unlink()
         super().on_train_begin(logs)
         # The epoch is read from the restored weights' own step count, not Keras' epoch
         # file: a kill between writing the two would pair epoch N's weights with N - 1.
