@@ -34,6 +34,9 @@ from pathlib import Path
 LIBRARY_NAMES = frozenset({
     "BackupAndRestore",  # keras.callbacks.BackupAndRestore
     "BatchNormalization",  # keras.layers.BatchNormalization
+    "Conv2D",            # keras.layers.Conv2D
+    "Conv2DBackpropFilter",  # tf.raw_ops.Conv2DBackpropFilter
+    "Conv2DTranspose",   # keras.layers.Conv2DTranspose
     "MlflowClient",      # mlflow.tracking.MlflowClient
 })
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dcgan.nets.batchnorm import FusedBatchNorm, as_keras_layers
-from dcgan.nets.serialisation import load_model, save_model
+from dcgan.nets.batchnorm import FusedBatchNorm
+from dcgan.nets.serialisation import as_keras_layers, load_model, save_model
 
 SHAPES = [(16, 4, 4, 32), (8, 7, 7, 5), (32, 24)]  # images, and a Dense layer's output
 

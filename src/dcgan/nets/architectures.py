@@ -121,6 +121,8 @@ def _paper_generator(cfg: TrainConfig, image_shape: tuple[int, int, int],
     import keras
     from keras import layers
 
+    from dcgan.nets.convolution import FastGradConv2DTranspose
+
     size, _, channels = image_shape
     start, depth = _paper_depth(size)
     width = cfg.g_filters * 2 ** (depth - 1)
@@ -133,7 +135,7 @@ def _paper_generator(cfg: TrainConfig, image_shape: tuple[int, int, int],
     model.add(layers.ReLU())  # (B, s, s, F * 2**(n-1))
     for _ in range(depth - 1):
         width //= 2
-        model.add(layers.Conv2DTranspose(
+        model.add(FastGradConv2DTranspose(
             width, 4, strides=2, padding="same", use_bias=False, kernel_initializer=_w_init()
         ))
         model.add(_paper_batch_norm(sync_bn))
@@ -151,6 +153,8 @@ def _paper_discriminator(cfg: TrainConfig, image_shape: tuple[int, int, int],
     import keras
     from keras import layers
 
+    from dcgan.nets.convolution import FastGradConv2D
+
     _, depth = _paper_depth(image_shape[0])
     model = keras.Sequential(name="discriminator")
     model.add(keras.Input(image_shape))
@@ -160,7 +164,7 @@ def _paper_discriminator(cfg: TrainConfig, image_shape: tuple[int, int, int],
     ))
     model.add(layers.LeakyReLU(0.2))  # (B, H/2, W/2, F)
     for i in range(1, depth):
-        model.add(layers.Conv2D(
+        model.add(FastGradConv2D(
             cfg.d_filters * 2**i, 4, strides=2, padding="same", use_bias=False,
             kernel_initializer=_w_init(),
         ))

@@ -28,6 +28,8 @@ import tensorflow as tf
 class FusedBatchNorm(keras.layers.BatchNormalization):
     """`keras.layers.BatchNormalization` over the last axis, computed by one fused op."""
 
+    keras_twin = keras.layers.BatchNormalization
+
     def build(self, input_shape: tuple) -> None:
         if self.axis not in (-1, len(input_shape) - 1) or len(input_shape) not in (2, 4):
             raise ValueError(f"FusedBatchNorm normalises the channels (last axis) of 2-D or "
@@ -58,18 +60,3 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
                 variance=self.moving_variance.value, epsilon=self.epsilon, is_training=False)
         return y if inputs.shape.rank == 4 else tf.reshape(y, shape)
 
-
-def as_keras_layers(model: keras.Model) -> keras.Model:
-    """`model` with every `FusedBatchNorm` as Keras' `BatchNormalization` (same config, names
-    and weights); `model` itself when it has none. For Sequential and functional models."""
-    if not any(isinstance(layer, FusedBatchNorm) for layer in model.layers):
-        return model
-
-    def plain(layer: keras.layers.Layer) -> keras.layers.Layer:
-        if isinstance(layer, FusedBatchNorm):
-            return keras.layers.BatchNormalization.from_config(layer.get_config())
-        return layer.__class__.from_config(layer.get_config())
-
-    twin = keras.models.clone_model(model, clone_function=plain)
-    twin.set_weights(model.get_weights())
-    return twin

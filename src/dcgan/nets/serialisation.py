@@ -2,8 +2,8 @@
 
 Every model the pipeline writes (G, D, the classifier) goes through `save_model`, and
 every one it reads through `load_model`. G and D are saved as plain Keras models of built-in
-layers (training's fused batch norm becomes Keras' own, nets.batchnorm), so loading needs
-none of the package's network code.
+layers (each training layer with a `keras_twin`, nets.batchnorm and nets.convolution,
+becomes that Keras layer), so loading needs none of the package's network code.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import keras
 
 from dcgan.core.errors import UserError
 from dcgan.core.outputs import atomic_path
-from dcgan.nets.batchnorm import as_keras_layers
 
 # A .keras file is a zip. Keras stamps it with the save time (metadata.json's date_saved
 # and the weights entry's zip date) and numbers shared objects by their memory address
@@ -28,8 +27,8 @@ ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 def save_model(model: keras.Model, path: Path) -> None:
     """Save a model as `.keras`, atomically (a killed save never leaves a half-written
-    file) and reproducibly (the same weights give the same bytes); `FusedBatchNorm` layers
-    are written as Keras' `BatchNormalization`."""
+    file) and reproducibly (the same weights give the same bytes); training layers are
+    written as their Keras twins (`as_keras_layers`)."""
     model = as_keras_layers(model)
     with atomic_path(path) as tmp:  # keeps the .keras suffix Keras requires
         raw = tmp.with_name(f"{tmp.stem}.raw.keras")  # what Keras writes, before restamping
@@ -38,6 +37,21 @@ def save_model(model: keras.Model, path: Path) -> None:
             _restamp(raw, tmp)
         finally:
             raw.unlink(missing_ok=True)
+
+
+def as_keras_layers(model: keras.Model) -> keras.Model:
+    """`model` with each training layer (one with a `keras_twin` class, such as
+    `FusedBatchNorm`) as that Keras layer, with the same config, names and weights; `model`
+    itself when it has none. For Sequential and functional models."""
+    if not any(hasattr(layer, "keras_twin") for layer in model.layers):
+        return model
+
+    def plain(layer: keras.layers.Layer) -> keras.layers.Layer:
+        return getattr(layer, "keras_twin", type(layer)).from_config(layer.get_config())
+
+    twin = keras.models.clone_model(model, clone_function=plain)
+    twin.set_weights(model.get_weights())
+    return twin
 
 
 def _restamp(src: Path, dst: Path) -> None:
