@@ -56,7 +56,8 @@ def _add_train(kinds: argparse._SubParsersAction) -> argparse.ArgumentParser:
                             "requirements-bench.txt) (default: %(default)s)")
     train.add_argument("--components", action="store_true",
                        help="with --peer pytorch: also time the parts of our step (G and D "
-                            "forward, backward, Adam) in float32 and bfloat16")
+                            "forward, backward, Adam) and profile it per oneDNN kernel, in "
+                            "float32 and bfloat16")
     train.add_argument("--image-size", type=positive_int, metavar="PX",
                        help="image side (default: 28 against the tutorial, 64 against pytorch)")
     train.add_argument("--update", choices=list(UPDATES),

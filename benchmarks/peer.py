@@ -256,7 +256,8 @@ def run(precision: str, update: str, batch_size: int, image_size: int, steps: in
     """
     from importlib.metadata import PackageNotFoundError, version
 
-    from benchmarks.records import in_fresh_process, machine
+    from benchmarks.kernels import step_parts
+    from benchmarks.records import machine
 
     try:
         torch_version = version("torch")
@@ -272,10 +273,7 @@ def run(precision: str, update: str, batch_size: int, image_size: int, steps: in
     rates, peaks = _alternate(ours_args, peer_args, repeats)
     ours, peer = (statistics.median(rates[n]) for n in ("ours", "pytorch"))
     peak = max(peaks)
-    parts = {} if not components else {"component_ms": {
-        p: in_fresh_process("benchmarks.peer", "component_ms",
-                            {"precision": p, "batch_size": batch_size, "image_size": image_size})
-        for p in ("float32", "mixed_bfloat16")}}
+    parts = step_parts(batch_size, image_size) if components else {}
     flops = flops_per_image(image_size)
     achieved = flops[update] * ours  # GFLOP/s
     target = 1.3 if precision == "mixed_bfloat16" else 1.6
