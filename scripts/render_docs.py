@@ -234,6 +234,24 @@ def _peer_table(root: Path) -> str:
     return "\n".join(out)
 
 
+def _kernels_table(root: Path, shown: int = 6) -> str:
+    """The latest oneDNN profile of our step (`--components`): per precision, the kernels
+    that take the most of a step, the other kernels, and the rest (Eigen, executor, Keras)."""
+    profiled = [r for r in _records(root, benchmark="train_vs_pytorch") if "kernel_ms" in r]
+    if not profiled:
+        raise FigureError("no train_vs_pytorch record with kernel_ms in benchmarks/results.jsonl")
+    record = profiled[-1]
+    out = ["| precision | kernel (primitive, implementation, pass) | ms per step | share |",
+           "|---|---|---|---|"]
+    for precision, profile in record["kernel_ms"].items():
+        step, kernels = profile["step_ms"], list(profile["onednn_ms"].items())
+        rows = [*kernels[:shown], ("other oneDNN kernels", sum(v for _, v in kernels[shown:])),
+                ("the rest: Eigen ops, executor, Keras", profile["rest_ms"])]
+        out += [f"| {precision} | {name} | {ms:.1f} | {ms / step:.0%} |" for name, ms in rows]
+        out.append(f"| {precision} | **the step** | **{step:.1f}** | 100% |")
+    return "\n".join(out) + f"\n\n*{record['date'][:10]}, {record['git_commit']}.*"
+
+
 def _results_table(root: Path) -> str:
     """The README's results: quality from the committed metrics files, times and speed from
     the latest records of the pipeline, the test suite and the PyTorch comparison."""
@@ -323,6 +341,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "probe": _probe_table,
     "targets": _targets_table,
     "peer": _peer_table,
+    "kernels": _kernels_table,
 }
 
 
