@@ -8,7 +8,7 @@ cp data/generated/interpolation.png docs/interpolation.png
 cp data/train/progress.gif docs/progress.gif
 python scripts/quality_plot.py docs/quality.png
 # "Use the generator": a numbered grid to pick cells from, and the paper's latent arithmetic
-# on cells of that grid (bold zeros - thin zeros + thin sevens, for the default generator).
+# on cells of that grid (bold zeros - thin zeros + a thin seven, for the default generator).
 dcgan sample models/generator.keras --n 64 --seed 0 --numbered --out docs/sample_grid.png
 dcgan sample models/generator.keras --n 64 --seed 0 \
-  --arithmetic "7,30,26 - 2,35,24 + 45,54,34" --out docs/arithmetic.png
+  --arithmetic "0,24,52 - 10,37,43 + 21" --out docs/arithmetic.png
