@@ -1,5 +1,5 @@
-"""The benchmark commands: `python -m benchmarks train | quality | generate | evaluate | repro |
-memory | data`, run from the repository root. `python -m benchmarks --help` lists them.
+"""The benchmark commands: `python -m benchmarks train | stage | quality | generate | evaluate |
+repro | memory | data`, run from the repository root. `python -m benchmarks --help` lists them.
 
 Benchmarks, not tests: each prints one JSON line and appends it, with the machine and the
 versions, to benchmarks/results.jsonl, the record the docs' figures are rendered from.
@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmarks, not tests: each prints one JSON line and appends it, with the "
                     "machine and versions, to the results file.")
     kinds = parser.add_subparsers(title="benchmarks", metavar="WHAT", required=True)
-    train, quality = _add_train(kinds), _add_quality(kinds)
-    for kind in (train, quality, *_add_stage_benches(kinds)):
+    train, stage, quality = _add_train(kinds), _add_stage(kinds), _add_quality(kinds)
+    for kind in (train, stage, quality, *_add_stage_benches(kinds)):
         kind.add_argument("--results", default="benchmarks/results.jsonl", metavar="PATH",
                           help="file the record is appended to (default: %(default)s)")
     return parser
@@ -73,6 +73,35 @@ def _add_train(kinds: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        help="processes per contender (default: %(default)s)")
     train.set_defaults(handler=_bench_train)
     return train
+
+
+def _add_stage(kinds: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Declare `python -m benchmarks stage`."""
+    stage = kinds.add_parser(
+        "stage", help="the train stage itself (dvc repro on a 64 px folder) against PyTorch",
+        description="Time `dvc repro train` on a folder of 64 px RGB JPEGs at two epoch "
+                    "counts, and PyTorch's DCGAN step before and after; compare the stage's "
+                    "ratio with the step-alone one (`train --peer pytorch`). Needs "
+                    "requirements-bench.txt.")
+    stage.add_argument("--precision", choices=("float32", "mixed_bfloat16"),
+                       default="mixed_bfloat16", help="train.precision (default: %(default)s)")
+    stage.add_argument("--images", type=positive_int, default=3000, metavar="N",
+                       help="images in the folder (default: %(default)s)")
+    stage.add_argument("--epochs", type=positive_int, nargs=2, default=(1, 6),
+                       metavar=("SHORT", "LONG"), help="the two train.epochs; LONG - SHORT a "
+                       "multiple of train.eval_every (default: 1 6)")
+    stage.set_defaults(handler=_bench_stage)
+    return stage
+
+
+def _bench_stage(args: argparse.Namespace) -> None:
+    """Run the train-stage benchmark; print and record it."""
+    from benchmarks import stage_peer
+    from benchmarks.records import installed_torch
+
+    installed_torch()
+    _record(stage_peer.run(args.precision, args.images, *args.epochs, Path(args.results)),
+            args.results)
 
 
 def _add_quality(kinds: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -30,8 +30,6 @@ import time
 
 import numpy as np
 
-from dcgan.core.errors import UserError
-
 PEER = "pytorch/examples dcgan/main.py"
 
 
@@ -254,16 +252,10 @@ def run(precision: str, update: str, batch_size: int, image_size: int, steps: in
     Raises:
         UserError: if PyTorch is not installed.
     """
-    from importlib.metadata import PackageNotFoundError, version
-
     from benchmarks.kernels import step_parts
-    from benchmarks.records import machine
+    from benchmarks.records import installed_torch, machine
 
-    try:
-        torch_version = version("torch")
-    except PackageNotFoundError:  # the benchmark-only dependency
-        raise UserError("PyTorch is not installed: `pip install -r requirements-bench.txt -c "
-                        "constraints-bench.txt` (the CPU build, benchmarks only)") from None
+    torch_version = installed_torch()
     ours_args = dict(contender="ours", arch="paper", batch_size=batch_size, precision=precision,
                      steps=steps, warmup=warmup, update=update,
                      steps_per_execution=steps_per_execution, image_size=image_size,

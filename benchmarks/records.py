@@ -2,7 +2,8 @@
 
 - `in_fresh_process` runs a measurement in a fresh Python process (TensorFlow's state, op
   determinism and dtype policy do not leak between measurements);
-- `machine` says where and with what a figure was taken;
+- `machine` says where and with what a figure was taken, `installed_torch` which PyTorch
+  the peer benchmarks ran;
 - `append_result` adds the record to benchmarks/results.jsonl, which the docs render from.
 """
 
@@ -58,6 +59,21 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "tensorflow": version("tensorflow"), "keras": version("keras"),
             "git_commit": commit, "date": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def installed_torch() -> str:
+    """The installed PyTorch's version.
+
+    Raises:
+        UserError: if PyTorch, a benchmark-only dependency, is not installed.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        raise UserError("PyTorch is not installed: `pip install -r requirements-bench.txt -c "
+                        "constraints-bench.txt` (the CPU build, benchmarks only)") from None
 
 
 def append_result(record: dict, path: Path) -> None:

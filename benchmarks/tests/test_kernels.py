@@ -23,10 +23,10 @@ def test_kernel_totals_sum_executions_per_implementation() -> None:
 
 
 def test_kernel_ms_profiles_a_real_step() -> None:
-    profile = kernels.kernel_ms("float32", batch_size=8, image_size=32, steps=(1, 3))
+    profile = kernels.kernel_ms("float32", batch_size=16, image_size=32, steps=(2, 6))
     assert profile["step_ms"] > 0
-    convolutions = {k: v for k, v in profile["onednn_ms"].items() if k.startswith("convolution")}
-    assert any("forward" in k for k in convolutions)
-    assert any("backward_weights" in k for k in convolutions)
+    convolutions = [k for k in profile["onednn_ms"] if k.startswith("convolution")]
+    assert any("forward" in k for k in convolutions), profile
+    assert any("backward" in k for k in convolutions), profile
     assert profile["onednn_total_ms"] == round(sum(profile["onednn_ms"].values()), 1)
     assert abs(profile["onednn_total_ms"] + profile["rest_ms"] - profile["step_ms"]) < 0.2

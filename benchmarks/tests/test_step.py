@@ -71,14 +71,9 @@ def test_flops_per_image_count_the_layers() -> None:
     assert flops_per_image()["alternating"] == pytest.approx(2.4839)  # about 2.5 GFLOP
 
 
-def test_peer_without_pytorch_is_one_line(capsys: pytest.CaptureFixture,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("no_torch")
+def test_peer_without_pytorch_is_one_line(capsys: pytest.CaptureFixture) -> None:
     """Without the benchmark-only dependency: one line naming the requirements file."""
-    import importlib.metadata
-
-    real = importlib.metadata.version
-    monkeypatch.setattr(importlib.metadata, "version", lambda name: real("no-such-package")
-                        if name == "torch" else real(name))
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--peer", "pytorch", "--results", "/dev/null"])
     assert exit_info.value.code == 2
