@@ -97,9 +97,7 @@ def _add_stage(kinds: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def _bench_stage(args: argparse.Namespace) -> None:
     """Run the train-stage benchmark; print and record it."""
     from benchmarks import stage_peer
-    from benchmarks.records import installed_torch
 
-    installed_torch()
     _record(stage_peer.run(args.precision, args.images, *args.epochs, Path(args.results)),
             args.results)
 

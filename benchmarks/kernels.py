@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import subprocess
 import sys
 
-from benchmarks.records import ROOT, in_fresh_process
+from benchmarks.records import child_env, in_fresh_process
 from dcgan.core.errors import UserError
 
 RESULT = "KERNELS-RESULT "  # marks the measured rate among oneDNN's lines on stdout
@@ -62,9 +61,7 @@ def _verbose_run(precision: str, batch_size: int, image_size: int,
                 steps=steps, warmup=3, image_size=image_size, channels=3, filters=64)
     code = (f"import json, sys; from benchmarks.step import measure; "
             f"print({RESULT!r} + json.dumps(measure(**json.loads(sys.argv[1]))), flush=True)")
-    env = {**os.environ, "ONEDNN_VERBOSE": "profile_exec", "TF_NUM_INTEROP_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
-                                                       os.environ.get("PYTHONPATH")]))}
+    env = child_env(ONEDNN_VERBOSE="profile_exec", TF_NUM_INTEROP_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True,
                           text=True, env=env)
     rates = [line[len(RESULT):] for line in proc.stdout.splitlines() if line.startswith(RESULT)]

@@ -32,10 +32,8 @@ def in_fresh_process(module: str, function: str, args: dict) -> object:
     """
     code = (f"import json, sys; from {module} import {function}; "
             f"print(json.dumps({function}(**json.loads(sys.argv[1]))))")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}  # from any directory
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True,
-                          text=True, env=env)
+                          text=True, env=child_env())
     if proc.returncode:
         # The exception's own line (a traceback's last line may be a note under it).
         lines = [line for line in proc.stderr.splitlines()
@@ -43,6 +41,13 @@ def in_fresh_process(module: str, function: str, args: dict) -> object:
         raise UserError(f"{function}({', '.join(f'{k}={v!r}' for k, v in args.items())}) "
                         f"failed: {lines[-1]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a fresh Python process that imports `benchmarks`
+    from any directory (the repository on PYTHONPATH), with `extra` variables set."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, **extra, "PYTHONPATH": path}
 
 
 def machine() -> dict:

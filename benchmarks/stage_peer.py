@@ -1,4 +1,4 @@
-"""The train stage itself against PyTorch's step: `python -m benchmarks stage --peer pytorch`.
+"""The train stage itself against PyTorch's step: `python -m benchmarks stage`.
 
 `python -m benchmarks train --peer pytorch` times our train step alone, on random images in
 memory. A user runs the train stage: `dvc repro` on their folder, with the data read from
@@ -51,6 +51,7 @@ def run(precision: str, images: int = 3000, short: int = 1, long: int = 6,
     if long <= short or (every and (long - short) % every):
         raise UserError(f"--epochs {short} {long}: the second must exceed the first by a "
                         f"multiple of train.eval_every ({every})")
+    torch_version = installed_torch()  # before minutes of measuring
     peer = dict(batch_size=params["train"]["batch_size"], image_size=64, precision=precision,
                 steps=20, warmup=5)
     trained, seconds, torch_rates = _measure(precision, images, (short, long), every, peer)
@@ -61,7 +62,7 @@ def run(precision: str, images: int = 3000, short: int = 1, long: int = 6,
              and r["precision"] == precision and r["update"] == "alternating"]
     bench_ratio = bench[-1]["ours_over_pytorch"] if bench else None
     return {
-        "benchmark": "train_stage_vs_pytorch", "torch": installed_torch(),
+        "benchmark": "train_stage_vs_pytorch", "torch": torch_version,
         "precision": precision, "folder_images": images,
         "train_images": trained, "images_per_epoch": per_epoch, "image_shape": [64, 64, 3],
         "batch_size": peer["batch_size"],
