@@ -195,7 +195,7 @@ def train_steps(steps: int, data: str, classifier: str, generator: str, discrimi
     gan = model.build_gan(cfg, dataset.image_shape)
     features = feature_extractor(serialisation.load_model(Path(classifier), "run classifier"))
     score = FixedSampleFD(features, dataset.test_x, cfg.latent_dim, cfg.seed)
-    gan.fit(seeded.dataset.repeat(), epochs=1, steps_per_epoch=steps, callbacks=[seeded],
+    gan.fit(seeded.dataset, epochs=1, steps_per_epoch=steps, callbacks=[seeded],
             shuffle=False, verbose=2)
     fd = score(gan.sampler)  # what the quality monitor scores at the epoch's end
     tags = {"dataset": "folder", "data_md5": imagestore.dataset_md5(Path(data)),

@@ -38,7 +38,8 @@ times = []
 class Clock(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None): self.t = time.perf_counter()
     def on_epoch_end(self, epoch, logs=None): times.append(time.perf_counter() - self.t)
-gan.fit(batches.dataset, epochs=epochs, callbacks=[batches, Clock()], verbose=0)
+gan.fit(batches.dataset, epochs=epochs, steps_per_epoch=batches.steps,
+        callbacks=[batches, Clock()], verbose=0)
 images = len(x) // cfg.batch_size * cfg.batch_size
 print(json.dumps([images / t for t in times[1:]]))
 """

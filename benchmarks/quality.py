@@ -122,8 +122,8 @@ def _our_curve(data: Dataset, features: keras.Model, epochs: int, threshold: flo
             self.seconds += time.perf_counter() - self.start
             self.model.stop_training = score(self.model.sampler, epoch + 1, self.seconds)
 
-    gan.fit(batches.dataset, epochs=epochs, callbacks=[batches, Score()], shuffle=False,
-            verbose=0)
+    gan.fit(batches.dataset, epochs=epochs, steps_per_epoch=batches.steps,
+            callbacks=[batches, Score()], shuffle=False, verbose=0)
     return score.points
 
 

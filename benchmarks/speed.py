@@ -60,7 +60,7 @@ def train_rate(params: str, data: str, where: str, steps: int) -> float:
     seeding.set_precision(cfg.precision)
     seeded = batches.SeededBatches(images, cfg.batch_size, cfg.seed)
     gan, clock = model.build_gan(cfg, dataset.image_shape), _Clock(WARMUP)
-    gan.fit(seeded.dataset.repeat(), epochs=1, steps_per_epoch=WARMUP + steps,
+    gan.fit(seeded.dataset, epochs=1, steps_per_epoch=WARMUP + steps,
             callbacks=[seeded, clock], shuffle=False, verbose=0)
     return cfg.batch_size * steps / clock.seconds
 

@@ -581,8 +581,7 @@ def test_seeded_batches_depend_on_seed_and_epoch_only() -> None:
     images = np.arange(70, dtype=np.float32).reshape(70, 1, 1, 1)
 
     def epoch(batches: SeededBatches, number: int) -> np.ndarray:
-        batches.on_epoch_begin(number)
-        out = [b.numpy().ravel() for b in batches.dataset]
+        out = [b.numpy().ravel() for b in batches.epoch(number)]
         assert [len(b) for b in out] == [16] * 4  # full batches; 6 images left out
         return np.concatenate(out)
 
@@ -591,11 +590,25 @@ def test_seeded_batches_depend_on_seed_and_epoch_only() -> None:
     assert all(len(set(o)) == 64 for o in orders)  # no image twice in an epoch
     assert not np.array_equal(orders[0], np.arange(64))  # shuffled
     assert not np.array_equal(orders[0], orders[1])  # reshuffled every epoch
+    # fit() reads one stream from its first epoch on: epoch 2's batches follow epoch 1's,
+    # and a later on_epoch_begin does not move it.
+    first.set_params({"steps": first.steps})  # what fit() passes with steps_per_epoch
+    first.on_train_begin()
+    first.on_epoch_begin(1)
+    first.on_epoch_begin(2)
+    stream = np.concatenate([b.numpy().ravel() for b in first.dataset.take(8)])
+    np.testing.assert_array_equal(stream, np.concatenate(orders[1:3]))
     # A new process resuming at epoch 2 sees epoch 2's batches, not epoch 0's.
     np.testing.assert_array_equal(epoch(SeededBatches(images, 16, seed=42), 2), orders[2])
     assert not np.array_equal(epoch(SeededBatches(images, 16, seed=1), 0), orders[0])
     with pytest.raises(UserError, match="batch_size = 16 exceeds the 15"):
         SeededBatches(images[:15], 16, seed=42)
+    # The stream never ends: fit() without steps_per_epoch is refused, not left running.
+    model = keras.Sequential([keras.Input((1, 1, 1)), keras.layers.Flatten()])
+    model.compile(loss="mse")
+    with pytest.raises(ValueError, match="steps_per_epoch=batches.steps"):
+        model.fit(first.dataset.map(lambda x: (x, x[:, 0, 0])), callbacks=[first],
+                  shuffle=False, verbose=0)
 
 
 def test_seeded_batches_from_disk_are_those_from_memory(tmp_path: Path) -> None:

@@ -130,8 +130,8 @@ def train_classifier(train_x: ImageArray | np.ndarray, train_y: np.ndarray,
     model = _compiled(build_classifier(image_shape, num_classes, cfg.feature_dim))
     batches = SeededBatches(train_x, cfg.batch_size, cfg.seed, rows=rows, labels=y,
                             drop_remainder=False)
-    model.fit(batches.dataset, epochs=cfg.epochs, callbacks=[batches], shuffle=False,
-              verbose=2)
+    model.fit(batches.dataset, epochs=cfg.epochs, steps_per_epoch=batches.steps,
+              callbacks=[batches], shuffle=False, verbose=2)
     return model, accuracy(model, test_x, test_y, cfg.batch_size)
 
 

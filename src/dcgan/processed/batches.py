@@ -48,12 +48,18 @@ def _reader(images: ImageArray | np.ndarray) -> Callable[[tf.Tensor], tf.Tensor]
 
 class SeededBatches(keras.callbacks.Callback):
     """Shuffled batches of images (and labels), as `self.dataset`, in an order that is a
-    pure function of (seed, epoch).
+    pure function of (seed, epoch); fit it with `steps_per_epoch=self.steps`.
 
     `shuffle(reshuffle_each_iteration=True)` would restart its sequence in a resumed
     process, replaying epoch 1's order; a stateless permutation of the epoch number
     (`index_shuffle`) gives the resumed epoch the batches it would have had. Use it
-    as a callback of the same `fit()`: it sets the epoch the dataset reads.
+    as a callback of the same `fit()`: it sets the epoch the dataset starts at.
+
+    The dataset never ends: batch k of a `fit()` is batch k % steps of epoch
+    first + k // steps, where `first` is the fit's first epoch (a resumed one's is the
+    checkpoint's). So fit() keeps one iterator over all its epochs. A dataset of one epoch
+    made fit() drop its iterator and open a new one at every epoch's end; on 64 px images
+    read from disk that paused the next epoch by up to 10 s.
 
     Args:
         images: the processed images on disk (`ImageArray`: each batch's rows are read
@@ -77,13 +83,20 @@ class SeededBatches(keras.callbacks.Callback):
         if n < batch_size and drop_remainder:
             raise UserError(f"train.batch_size = {batch_size} exceeds the {n} training images; "
                             "lower train.batch_size or use more data")
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.steps = n // batch_size if drop_remainder else -(-n // batch_size)
+        self.first = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self._first_pending = True
         read = _reader(images)
         table = None if rows is None else tf.constant(rows, tf.int64)
         targets = None if labels is None else tf.constant(labels)
+        steps = tf.constant(self.steps, tf.int64)
 
-        def gather(positions: tf.Tensor) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
-            seed_pair = tf.stack([tf.constant(seed, tf.int64), self.epoch])
+        def gather(k: tf.Tensor) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
+            start = (k % steps) * batch_size
+            # drop_remainder: a static batch size, as `batch(drop_remainder=True)` gives.
+            positions = (start + tf.range(batch_size, dtype=tf.int64) if drop_remainder
+                         else tf.range(start, tf.minimum(start + batch_size, n)))
+            seed_pair = tf.stack([tf.constant(seed, tf.int64), self.first + k // steps])
             picked = tf.random.experimental.index_shuffle(positions, seed=seed_pair,
                                                           max_index=n - 1)
             x = read(picked if table is None else tf.gather(table, picked))
@@ -91,16 +104,32 @@ class SeededBatches(keras.callbacks.Callback):
 
         # Under tf.distribute, fit() splits each batch over the replicas; with several
         # workers, each takes its part of every batch (sharding by data: the source is a
-        # range, not files).
+        # counter, not files).
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.DATA)
-        self.dataset = (tf.data.Dataset.range(n).batch(batch_size, drop_remainder=drop_remainder)
+        self.dataset = (tf.data.Dataset.counter()
                         .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
                         .prefetch(tf.data.AUTOTUNE).with_options(options))
 
+    def epoch(self, epoch: int) -> tf.data.Dataset:
+        """The batches of one epoch, as a finite dataset (outside `fit()`)."""
+        self.first.assign(epoch)
+        return self.dataset.take(self.steps)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        # The stream never ends, so fit() without steps_per_epoch would not either.
+        if (self.params or {}).get("steps") is None:
+            raise ValueError("fit() got SeededBatches.dataset without steps_per_epoch; pass "
+                             "steps_per_epoch=batches.steps")
+        self._first_pending = True
+
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.epoch.assign(epoch)  # before fit() opens the epoch's iterator
+        # Once per fit(), before it opens its iterator: the dataset reads the variable
+        # in its own threads, so it must not change while the iterator runs.
+        if self._first_pending:
+            self.first.assign(epoch)
+            self._first_pending = False
 
 
 def images_at(images: ImageArray | np.ndarray, rows: np.ndarray | slice) -> np.ndarray:

@@ -123,8 +123,7 @@ def _prepare(params: Params, data_file: Path, out: TrainOutputs) -> Setup:
     batches = SeededBatches(data.train_x, cfg.batch_size, cfg.seed)
     gan = build_gan(cfg, data.image_shape, role.strategy)
     ckpt = checkpoint_dir(out.checkpoints, cfg, data_md5, role.worker)
-    setup = Setup(cfg, role, data, data_md5, policy, batches, gan, ckpt,
-                  len(data.train_x) // cfg.batch_size)
+    setup = Setup(cfg, role, data, data_md5, policy, batches, gan, ckpt, batches.steps)
     _same_everywhere(role, ckpt)
     return setup
 
@@ -217,8 +216,8 @@ def _fit(setup: Setup, epochs: int, callbacks: list[keras.callbacks.Callback],
     is gone becomes one error line."""
     try:
         with EpochBar(epochs, setup.steps, selection) as progress:
-            setup.gan.fit(setup.batches.dataset, epochs=epochs, callbacks=[*callbacks, progress],
-                          shuffle=False, verbose=0)
+            setup.gan.fit(setup.batches.dataset, epochs=epochs, steps_per_epoch=setup.steps,
+                          callbacks=[*callbacks, progress], shuffle=False, verbose=0)
     except tf.errors.OpError as err:
         if setup.role.kind != "multi_worker":
             raise
