@@ -291,13 +291,15 @@ def _choices_table(root: Path) -> str:
     """Every choice's registry (the names params validation accepts), one row per entry."""
     from dcgan.ingest.sources import SOURCES
     from dcgan.nets.architectures import ARCHITECTURES
+    from dcgan.nets.augment import AUGMENTATIONS
     from dcgan.nets.losses import LOSSES
     from dcgan.nets.updates import UPDATES
 
     registries = [("fetch.dataset", SOURCES, "src/dcgan/ingest/sources.py"),
                   ("train.arch", ARCHITECTURES, "src/dcgan/nets/architectures.py"),
                   ("train.update", UPDATES, "src/dcgan/nets/updates.py"),
-                  ("train.loss", LOSSES, "src/dcgan/nets/losses.py")]
+                  ("train.loss", LOSSES, "src/dcgan/nets/losses.py"),
+                  ("train.augment", AUGMENTATIONS, "src/dcgan/nets/augment.py")]
     out = ["| key | value | what it is | registry |", "|---|---|---|---|"]
     for key, registry, where in registries:
         for name, entry in registry.items():

@@ -119,10 +119,11 @@ from dcgan.training.distribution import make_strategy
 from dcgan.nets.model import build_gan
 from dcgan.core.seeding import seed_everything
 
-def one_step(kind, update):
+def one_step(kind, update, augment, lecam):
     role = make_strategy(kind)  # DCGAN_VIRTUAL_CPUS=2: mirrored has two replicas
     cfg = TrainConfig(batch_size=16, latent_dim=8, g_filters=8, d_filters=8, seed=3,
-                      update=update, ema_half_life=64)  # the EMA too: once per step
+                      update=update, ema_half_life=64,  # the EMA too: once per step
+                      augment=augment, lecam=float(lecam))
     seed_everything(cfg.seed)
     gan = build_gan(cfg, (16, 16, 1), role.strategy)
     images = np.random.default_rng(0).uniform(-1, 1, (16, 16, 16, 1)).astype("float32")
@@ -134,8 +135,8 @@ def one_step(kind, update):
     return role.replicas, {k: v[0] for k, v in logs.items()}, weights, synced
 
 # One mirrored strategy per process: a second one's collectives clash with the first's.
-n1, logs1, w1, s1 = one_step("none", sys.argv[1])
-n2, logs2, w2, s2 = one_step("mirrored", sys.argv[1])
+n1, logs1, w1, s1 = one_step("none", *sys.argv[1:])
+n2, logs2, w2, s2 = one_step("mirrored", *sys.argv[1:])
 print(json.dumps({
     "replicas": [n1, n2], "sync_bn": [any(s1), all(s2)], "logs": [logs1, logs2],
     "max_abs": max(float(np.abs(a - b).max()) for a, b in zip(w1, w2)),
@@ -145,9 +146,14 @@ print(json.dumps({
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("update", ["alternating", "simultaneous", "reuse_fake"])
-def test_a_step_on_two_replicas_matches_one_device(tmp_path: Path, update: str) -> None:
-    proc = run([sys.executable, "-c", ONE_STEP, update], tmp_path,
+@pytest.mark.parametrize(("update", "augment", "lecam"), [
+    ("alternating", "", "0"), ("simultaneous", "", "0"), ("reuse_fake", "", "0"),
+    # DiffAugment: each replica augments its rows of the global batch as one device would;
+    # LeCam's averages take the mean logits over the global batch.
+    ("alternating", "color,translation,cutout", "0.3")])
+def test_a_step_on_two_replicas_matches_one_device(tmp_path: Path, update: str,
+                                                   augment: str, lecam: str) -> None:
+    proc = run([sys.executable, "-c", ONE_STEP, update, augment, lecam], tmp_path,
                env=clean_env(DCGAN_VIRTUAL_CPUS="2", PYTHONPATH=str(REPO / "src")))
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     print(json.dumps(r))  # the figures, with -s

@@ -28,7 +28,9 @@ from dcgan.training import train as training
 from dcgan.training.guards import CollapseWatch, Diverged, DivergenceGuard
 from dcgan.training.train import checkpoint_dir, train
 
-NO_QUALITY = {**TINY, "train": {**TINY["train"], "eval_every": 0, "keep_best": False}}
+# Plain training (TINY's augmentation and LeCam off): the guards must see D collapse.
+NO_QUALITY = {**TINY, "train": {**TINY["train"], "eval_every": 0, "keep_best": False,
+                                "augment": "", "lecam": 0.0}}
 
 
 def _train(root: Path, params: dict, monkeypatch: pytest.MonkeyPatch) -> tuple:

@@ -90,3 +90,42 @@ def test_params_accept_exactly_the_registry(key: str, registry: dict) -> None:
     message = str(err.value)
     assert f"{key} = 'nope' is invalid" in message
     assert all(f"'{entry}'" in message for entry in registry)
+
+
+def test_lecam_penalty_is_the_reference_and_moves_its_averages() -> None:
+    tiny = dict(batch_size=4, latent_dim=8, g_filters=8, d_filters=8, precision="float32")
+    gan = build_gan(TrainConfig(**tiny, lecam=0.5), (16, 16, 1))
+    gan.lecam_ema.assign([0.2, -0.3])  # (real, generated)
+    real = np.array([[1.0], [-1.0], [0.5], [0.0]], np.float32)
+    fake = np.array([[0.1], [-2.0], [0.3], [1.0]], np.float32)
+    got = float(gan.d_penalty(tf.constant(real), tf.constant(fake)))
+    # Tseng et al.'s code: relu(D(x) - ema_fake)^2 + relu(ema_real - D(G(z)))^2, each a mean.
+    want = 0.5 * (np.mean(np.maximum(real + 0.3, 0) ** 2) + np.mean(np.maximum(0.2 - fake, 0) ** 2))
+    assert got == pytest.approx(want, rel=1e-6)
+    np.testing.assert_allclose(gan.lecam_ema.numpy(), [0.99 * 0.2 + 0.01 * real.mean(),
+                                                       0.99 * -0.3 + 0.01 * fake.mean()],
+                               rtol=1e-6)
+    off = build_gan(TrainConfig(**tiny), (16, 16, 1))
+    assert off.d_penalty(tf.constant(real), tf.constant(fake)) == 0.0
+    assert not hasattr(off, "lecam_ema")  # off: the model and its checkpoints are unchanged
+
+
+@pytest.mark.parametrize("update", list(UPDATES))
+def test_every_update_mode_trains_with_lecam(update: str) -> None:
+    def trained(lecam: float) -> tuple[list[np.ndarray], keras.Model]:
+        cfg = TrainConfig(batch_size=16, latent_dim=8, g_filters=8, d_filters=8, seed=3,
+                          update=update, ema_half_life=0, precision="float32", lecam=lecam)
+        keras.utils.set_random_seed(cfg.seed)
+        gan = build_gan(cfg, (16, 16, 1))
+        images = np.random.default_rng(0).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32)
+        gan.fit(tf.data.Dataset.from_tensors(images).repeat(3), epochs=1, shuffle=False,
+                verbose=0)
+        return [w.numpy() for w in gan.discriminator.weights], gan
+
+    plain, _ = trained(0.0)
+    once, gan = trained(1.0)
+    again, _ = trained(1.0)
+    for a, b in zip(once, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(once, plain, strict=True))
+    assert np.all(gan.lecam_ema.numpy() != 0)  # three steps moved both averages

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dcgan.nets.architectures import ARCHITECTURES
+from dcgan.nets.augment import AUGMENTATIONS, parse_policy
 from dcgan.nets.losses import LOSSES
 from dcgan.nets.updates import UPDATES
 
@@ -65,6 +66,12 @@ class TrainConfig(Section):
     )
     update: Literal[tuple(UPDATES)] = Field("alternating", description=choices(UPDATES))
     loss: Literal[tuple(LOSSES)] = Field("non_saturating", description=choices(LOSSES))
+    augment: str = Field(
+        "", description="DiffAugment policy, applied to every image D sees: a comma-separated "
+                        f"list of {', '.join(AUGMENTATIONS)}; '' = off")
+    lecam: float = Field(
+        0.0, ge=0, le=100, description="weight of LeCam's regulariser on D's loss (Tseng et al. "
+                                       "2021); 0 = off")
     steps_per_execution: int = Field(
         1, ge=1, le=1000, description="train steps per call of the compiled train function"
     )
@@ -99,6 +106,15 @@ class TrainConfig(Section):
         description="warn when D's loss stays below its loss's collapse level (nets.losses) "
                     "this many epochs; 0 = off",
     )
+
+    @field_validator("augment")
+    @classmethod
+    def _known_augmentations(cls, value: str) -> str:
+        try:
+            parse_policy(value)
+        except ValueError as err:
+            raise ValueError(f"train.augment = {value!r} is invalid: {err}") from None
+        return value
 
     @model_validator(mode="after")
     def _shorthand_in_use(self) -> TrainConfig:

@@ -14,10 +14,13 @@ from keras import layers, ops
 
 from dcgan.core.config import TrainConfig
 from dcgan.nets.architectures import Discriminator, Generator
+from dcgan.nets.augment import FAKE, REAL, diff_augment, parse_policy, step_key
 from dcgan.nets.ema import average_of, ema_beta, update_average
 from dcgan.nets.losses import LOSSES
 from dcgan.nets.replicas import across_replicas, replica_slice, step_logs
 from dcgan.nets.updates import UPDATES
+
+LECAM_DECAY = 0.99  # of LeCam's moving averages, as Tseng et al.'s code
 
 
 class DCGAN(keras.Model):
@@ -29,17 +32,21 @@ class DCGAN(keras.Model):
     With `average` (a copy of G, `nets.ema.average_of`), every step after G's update also
     moves it towards G: `ema` is (half-life in images, rampup), `batch` the global batch.
     `sampler` is the generator to draw samples from: the average if kept, else G.
+    `augment` names DiffAugment's augmentations (nets.augment) of every image D sees.
+    `lecam` (> 0) adds LeCam's regulariser to D's loss with that weight (`d_penalty`).
     """
 
     def __init__(self, generator: keras.Model, discriminator: keras.Model, latent_dim: int,
                  seed: int, update: str = "alternating", loss: str = "non_saturating",
                  average: keras.Model | None = None,
-                 ema: tuple[float, float | None] = (0, None), batch: int = 0, **kwargs):
+                 ema: tuple[float, float | None] = (0, None), batch: int = 0,
+                 augment: tuple[str, ...] = (), lecam: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.generator = generator
         self.discriminator = discriminator
         self.average, self.ema_schedule, self.batch = average, ema, batch
         self.latent_dim = latent_dim
+        self.seed, self.augment = seed, augment
         self.update = update  # a key of nets.updates.UPDATES
         self.gan_loss = LOSSES[loss]  # D's and G's loss (nets.losses)
         self.d_has_batchnorm = any(isinstance(layer, layers.BatchNormalization)
@@ -52,6 +59,10 @@ class DCGAN(keras.Model):
         weights = {id(w) for w in self.weights}
         for state in [v for v in self.variables if id(v) not in weights]:
             self._track_variable(state)
+        self.lecam = lecam
+        if lecam:  # D's mean logit on real and on generated images, averaged over steps
+            self.lecam_ema = self.add_weight(shape=(2,), initializer="zeros", trainable=False,
+                                             name="lecam_ema", aggregation="only_first_replica")
         self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
         self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
         self.d_real_tracker = keras.metrics.Mean(name="d_real")
@@ -105,12 +116,41 @@ class DCGAN(keras.Model):
         batches would let BN's statistics tell them apart). A D without it gets one call
         on both, concatenated: one larger batch runs faster than two.
         """
+        real, fake = self.augmented(real, REAL), self.augmented(fake, FAKE)
         if self.d_has_batchnorm:
             return (self.discriminator(real, training=True),
                     self.discriminator(fake, training=True))
         logits = self.discriminator(ops.concatenate([real, ops.cast(fake, real.dtype)]),
                                     training=True)
         return logits[:ops.shape(real)[0]], logits[ops.shape(real)[0]:]
+
+    def augmented(self, images: tf.Tensor, call: int) -> tf.Tensor:
+        """`images` as D is to see them: through the `augment` policy, drawn for this step
+        (G's step count, which only G's update moves, last in every step) and `call` (one of
+        nets.augment's REAL, FAKE, G_STEP); unchanged without a policy."""
+        if not self.augment:
+            return images
+        key = step_key(self.seed, self.g_optimizer.iterations, call)
+        return diff_augment(images, self.augment, key, *replica_slice())
+
+    def d_penalty(self, real_logits: tf.Tensor, fake_logits: tf.Tensor) -> tf.Tensor:
+        """LeCam's regulariser (Tseng et al., 2021), times `lecam`, for D's loss; 0 when off.
+
+        mean(relu(D(x) - a_fake)^2) + mean(relu(a_real - D(G(z)))^2), where a_real and a_fake
+        are moving averages (decay LECAM_DECAY) of D's mean logits on real and generated
+        images: D's outputs are held near where they have been, which on small data keeps D
+        from drifting to ever more confident logits. Each call moves the averages once.
+        """
+        if not self.lecam:
+            return 0.0
+        real, fake = ops.cast(real_logits, "float32"), ops.cast(fake_logits, "float32")
+        ema_real, ema_fake = self.lecam_ema[0], self.lecam_ema[1]
+        penalty = (self.global_mean(ops.mean(ops.square(ops.relu(real - ema_fake)), axis=-1))
+                   + self.global_mean(ops.mean(ops.square(ops.relu(ema_real - fake)), axis=-1)))
+        means = ops.stop_gradient(ops.stack([across_replicas(ops.mean(real), "mean"),
+                                             across_replicas(ops.mean(fake), "mean")]))
+        self.lecam_ema.assign(LECAM_DECAY * self.lecam_ema + (1 - LECAM_DECAY) * means)
+        return self.lecam * penalty
 
     def train_step(self, real: tf.Tensor) -> dict[str, tf.Tensor]:
         # On several replicas (tf.distribute) `real` is this replica's slice of the batch.
@@ -157,7 +197,8 @@ def build_gan(cfg: TrainConfig, image_shape: tuple[int, int, int],
         average = average_of(generator) if cfg.ema else None
         gan = DCGAN(generator, discriminator, cfg.latent_dim, seed=cfg.seed, update=cfg.update,
                     loss=cfg.loss, average=average, ema=(cfg.ema_half_life, cfg.ema_rampup),
-                    batch=cfg.batch_size, name="dcgan")
+                    batch=cfg.batch_size, augment=parse_policy(cfg.augment), lecam=cfg.lecam,
+                    name="dcgan")
         gan(ops.zeros((1, cfg.latent_dim)))  # build, so checkpoints can be restored into it
         (g_lr, g_beta1), (d_lr, d_beta1) = cfg.optimiser("g"), cfg.optimiser("d")
         gan.compile(

@@ -2,7 +2,8 @@
 which one training step updates D and G. `DCGAN.train_step` (nets.model) calls the entry's
 `step(gan, real)`, which returns (d_loss, g_loss, real_logits, fake_logits).
 
-Every mode computes the losses with the pair `train.loss` names (nets.losses), once each.
+Every mode computes the losses with the pair `train.loss` names (nets.losses), once each;
+D's gradient is of its loss plus the model's `d_penalty` (LeCam, when `train.lecam` > 0).
 To add a mode, add its function and an entry here, and a test in tests/test_model.py.
 
 TensorFlow is imported inside the functions, not at the top: params validation reads this
@@ -14,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from dcgan.nets.augment import G_STEP
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -41,14 +44,16 @@ def _alternating(gan: DCGAN, real: tf.Tensor) -> tuple[tf.Tensor, ...]:
         fake = gan.generator(z, training=True)  # (B, H, W, C)
         real_logits, fake_logits = gan.discriminate(real, fake)  # (B, 1) each
         d_loss = gan.gan_loss.discriminator(real_logits, fake_logits, gan.global_mean)
+        d_objective = d_loss + gan.d_penalty(real_logits, fake_logits)
     gan.update_weights(gan.d_optimizer,
-                       tape.gradient(d_loss, gan.discriminator.trainable_variables),
+                       tape.gradient(d_objective, gan.discriminator.trainable_variables),
                        gan.discriminator)
 
     # 2. Update G with fresh noise against the updated D.
     z = gan.replica_noise(ops.shape(real)[0])
     with tf.GradientTape() as tape:
-        g_logits = gan.discriminator(gan.generator(z, training=True), training=True)
+        fake = gan.augmented(gan.generator(z, training=True), G_STEP)
+        g_logits = gan.discriminator(fake, training=True)
         g_loss = gan.gan_loss.generator(g_logits, gan.global_mean)
     gan.update_weights(gan.g_optimizer,
                        tape.gradient(g_loss, gan.generator.trainable_variables), gan.generator)
@@ -66,8 +71,9 @@ def _simultaneous(gan: DCGAN, real: tf.Tensor) -> tuple[tf.Tensor, ...]:
         fake = gan.generator(z, training=True)
         real_logits, fake_logits = gan.discriminate(real, fake)
         d_loss = gan.gan_loss.discriminator(real_logits, fake_logits, gan.global_mean)
+        d_objective = d_loss + gan.d_penalty(real_logits, fake_logits)
         g_loss = gan.gan_loss.generator(fake_logits, gan.global_mean)
-    d_grads = d_tape.gradient(d_loss, gan.discriminator.trainable_variables)
+    d_grads = d_tape.gradient(d_objective, gan.discriminator.trainable_variables)
     g_grads = g_tape.gradient(g_loss, gan.generator.trainable_variables)
     gan.update_weights(gan.d_optimizer, d_grads, gan.discriminator)
     gan.update_weights(gan.g_optimizer, g_grads, gan.generator)
@@ -88,10 +94,13 @@ def _reuse_fake(gan: DCGAN, real: tf.Tensor) -> tuple[tf.Tensor, ...]:
             with tf.GradientTape() as d_tape:
                 real_logits, fake_logits = gan.discriminate(real, tf.stop_gradient(fake))
                 d_loss = gan.gan_loss.discriminator(real_logits, fake_logits, gan.global_mean)
+                d_objective = d_loss + gan.d_penalty(real_logits, fake_logits)
             gan.update_weights(gan.d_optimizer,
-                               d_tape.gradient(d_loss, gan.discriminator.trainable_variables),
+                               d_tape.gradient(d_objective,
+                                               gan.discriminator.trainable_variables),
                                gan.discriminator)
-        g_loss = gan.gan_loss.generator(gan.discriminator(fake, training=True), gan.global_mean)
+        g_logits = gan.discriminator(gan.augmented(fake, G_STEP), training=True)
+        g_loss = gan.gan_loss.generator(g_logits, gan.global_mean)
     gan.update_weights(gan.g_optimizer,
                        g_tape.gradient(g_loss, gan.generator.trainable_variables), gan.generator)
     return d_loss, g_loss, real_logits, fake_logits
