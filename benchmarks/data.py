@@ -112,7 +112,8 @@ def _workspace(repo: Path, work: Path, folder: Path, n: int, size: int) -> None:
             raise UserError(f"bench data: {' '.join(cmd[-3:])} failed: {proc.stderr[-300:]}")
     shutil.copy2(repo / ".dvc/config", work / ".dvc/config")  # the project's cache type
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    n_train = n - round(n * params["preprocess"]["test_fraction"])
+    n_train = (n - round(n * params["preprocess"]["test_fraction"])
+               - params["preprocess"]["val_size"])
     for key, value in {"fetch.dataset": "folder", "fetch.folder": str(folder.resolve()),
                        "preprocess.image_size": size, "train.epochs": 1,
                        "classifier.epochs": 1, "train.eval_every": 1,
@@ -194,7 +195,7 @@ def train_steps(steps: int, data: str, classifier: str, generator: str, discrimi
     seeded = batches.SeededBatches(dataset.train_x, cfg.batch_size, cfg.seed)
     gan = model.build_gan(cfg, dataset.image_shape)
     features = feature_extractor(serialisation.load_model(Path(classifier), "run classifier"))
-    score = FixedSampleFD(features, dataset.test_x, cfg.latent_dim, cfg.seed)
+    score = FixedSampleFD(features, dataset.val_x, cfg.latent_dim, cfg.seed)
     gan.fit(seeded.dataset, epochs=1, steps_per_epoch=steps, callbacks=[seeded],
             shuffle=False, verbose=2)
     fd = score(gan.sampler)  # what the quality monitor scores at the epoch's end

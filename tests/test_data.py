@@ -52,6 +52,9 @@ def _fetch(tmp_path: Path, **params: object) -> dict:
 
 def _run(raw: Path, out: Path, workers: int | None = None,
          **params: object) -> tuple[dict, Dataset]:
+    """Preprocess `raw` into out/d; no validation split unless `val_size` is given (the
+    folders here hold a few images)."""
+    params = {"val_size": 0, **params}
     stats = preprocessing.preprocess(PreprocessConfig(**params), raw, out / "d",
                                      out / "stats.json", workers=workers)
     return stats, open_dataset(out / "d")
@@ -110,21 +113,30 @@ def test_fetch_mnist5k_gives_5000_uint8_digits_of_10_classes(mnist_raw):
 
 
 def test_preprocess_scales_to_minus1_1_and_splits(mnist_raw, tmp_path):
-    stats, ds = _run(mnist_raw.dir, tmp_path, test_fraction=0.2)
-    assert ds.train_x.shape == (4000, 28, 28, 1) and ds.test_x.shape == (1000, 28, 28, 1)
+    stats, ds = _run(mnist_raw.dir, tmp_path, test_fraction=0.2, val_size=500)
+    assert ds.train_x.shape == (3500, 28, 28, 1) and ds.test_x.shape == (1000, 28, 28, 1)
+    assert ds.val_x.shape == (500, 28, 28, 1)
     assert ds.train_x[:].dtype == np.float32 and ds.train_y.dtype == np.int64
-    both = np.concatenate([ds.train_x[:], ds.test_x[:]])
-    assert both.min() == -1.0 and both.max() == 1.0
+    every = np.concatenate([ds.train_x[:], ds.val_x[:], ds.test_x[:]])
+    assert every.min() == -1.0 and every.max() == 1.0
     # stored as bytes: 1 byte a pixel, a quarter of float32
-    assert (tmp_path / "d" / "train_x.npy").stat().st_size < 4000 * 28 * 28 + 256
-    # the split is a permutation: every image lands on exactly one side
-    assert np.array_equal(np.bincount(np.concatenate([ds.train_y, ds.test_y])), [500] * 10)
+    assert (tmp_path / "d" / "train_x.npy").stat().st_size < 3500 * 28 * 28 + 256
+    # the split is a permutation: every image lands in exactly one split
+    labels = np.concatenate([ds.train_y, ds.val_y, ds.test_y])
+    assert np.array_equal(np.bincount(labels), [500] * 10)
     assert ds.labelled and ds.image_shape == (28, 28, 1)
     assert stats == json.loads((tmp_path / "stats.json").read_text())
-    assert stats["counts"] == {"train": 4000, "test": 1000}
+    assert stats["counts"] == {"train": 3500, "val": 500, "test": 1000}
+    # The validation images come out of the training ones: the test split is the same
+    # with or without them, and so is the whole training set.
+    _, plain = _run(mnist_raw.dir, tmp_path / "plain", test_fraction=0.2)
+    assert len(plain.val_x) == 0 and len(plain.train_x) == 4000
+    np.testing.assert_array_equal(plain.test_x.pixels(slice(None)), ds.test_x.pixels(slice(None)))
+    with_val = np.concatenate([ds.train_x.pixels(slice(None)), ds.val_x.pixels(slice(None))])
+    assert sorted(map(bytes, with_val)) == sorted(map(bytes, plain.train_x.pixels(slice(None))))
     assert stats["shape"] == [28, 28, 1] and stats["num_classes"] == 10 and stats["labelled"]
     assert stats["min"] == -1.0 and stats["max"] == 1.0
-    assert stats["mean"] == pytest.approx([float(both.mean(dtype=np.float64))], abs=1e-6)
+    assert stats["mean"] == pytest.approx([float(every.mean(dtype=np.float64))], abs=1e-6)
 
 
 def test_same_seed_same_bytes_other_seed_other_split(mnist_raw, tmp_path):
@@ -402,6 +414,16 @@ def test_split_with_an_empty_side_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="test_fraction"):
         _run(tmp_path / "raw", tmp_path / "out", image_size=8)
     assert not (tmp_path / "out" / "d").exists()
+
+
+def test_validation_split_leaving_no_training_image_is_a_user_error(tmp_path):
+    _with_bad_files(tmp_path / "in", good=5, bad=0)
+    _fetch(tmp_path, dataset="folder", folder=str(tmp_path / "in"))
+    with pytest.raises(UserError, match=r"val_size = 4 leaves no training image of the 4"):
+        _run(tmp_path / "raw", tmp_path / "out", image_size=8, val_size=4)
+    assert not (tmp_path / "out" / "d").exists()
+    _, ds = _run(tmp_path / "raw", tmp_path / "out", image_size=8, val_size=3)
+    assert (len(ds.train_x), len(ds.val_x), len(ds.test_x)) == (1, 3, 1)
 
 
 def test_preprocess_without_fetch_is_a_user_error(tmp_path):

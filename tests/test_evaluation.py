@@ -50,9 +50,11 @@ def _pixels(n: int, seed: int, shape: tuple[int, ...] = (8, 8, 1)) -> np.ndarray
 
 def write_dataset(root: Path, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                   test_y: np.ndarray) -> Path:
-    """A processed dataset directory in preprocess's layout: uint8 images, int64 labels."""
+    """A processed dataset directory in preprocess's layout: uint8 images, int64 labels, and
+    no validation image (`preprocess.val_size: 0`)."""
     root.mkdir(parents=True, exist_ok=True)
-    for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
+    for split, x, y in (("train", train_x, train_y), ("val", train_x[:0], train_y[:0]),
+                        ("test", test_x, test_y)):
         writer = NpyWriter(root / f"{split}_x.npy", x.shape[1:])
         writer.append(x)
         writer.close()

@@ -24,9 +24,10 @@ RNG = np.random.default_rng(0)
 
 def write_dataset(path: Path, train: np.ndarray, test: np.ndarray,
                   train_y: np.ndarray | None = None, test_y: np.ndarray | None = None) -> Path:
-    """A processed dataset directory as preprocess writes it."""
+    """A processed dataset directory as preprocess writes it, with no validation image."""
     path.mkdir(parents=True, exist_ok=True)
-    for split, x, y in (("train", train, train_y), ("test", test, test_y)):
+    for split, x, y in (("train", train, train_y), ("val", train[:0], None),
+                        ("test", test, test_y)):
         writer = NpyWriter(path / f"{split}_x.npy", x.shape[1:])
         writer.append(x)
         writer.close()
@@ -132,3 +133,14 @@ def test_dataset_md5_changes_with_any_byte(tmp_path: Path) -> None:
     (path / "test_x.npy").write_bytes(bytes(data))
     assert imagestore.dataset_md5(path) != before
     assert len(before) == len(hashlib.md5().hexdigest()) + len(".dir")
+
+
+def test_open_dataset_opens_only_the_splits_named(tmp_path: Path) -> None:
+    x = RNG.integers(0, 256, (6, 4, 4, 1), dtype=np.uint8)
+    path = write_dataset(tmp_path / "d", x[:4], x[4:])
+    (path / "test_x.npy").unlink()  # train's view never touches it
+    data = open_dataset(path, splits=("train", "val"))
+    assert len(data.train_x) == 4 and len(data.val_x) == 0
+    assert data.test_x is None and data.test_y is None
+    with pytest.raises(UserError, match="test_x.npy: not found"):
+        open_dataset(path)

@@ -77,8 +77,8 @@ def _dataset_pixels(n_train: int = 36, n_unlabelled: int = 6,
 def _dataset(**sizes: int) -> Dataset:
     """`_dataset_pixels` in memory, images scaled to [-1, 1]."""
     data = _dataset_pixels(**sizes)
-    return Dataset(scale(data["train_x"]), data["train_y"], scale(data["test_x"]),
-                   data["test_y"])
+    return Dataset(scale(data["train_x"]), data["train_y"], test_x=scale(data["test_x"]),
+                   test_y=data["test_y"])
 
 
 def _same_weights(a: keras.Model, b: keras.Model) -> bool:
@@ -268,8 +268,8 @@ def test_run_probe_on_disk_in_blocks_matches_memory(paper_d, tmp_path, monkeypat
     pixels = _dataset_pixels(n_train=40, n_unlabelled=4, n_test=30)
     pixels["test_y"][[2, 11, 25]] = -1  # unlabelled test images are not scored
     on_disk = open_dataset(write_dataset(tmp_path / "dataset", **pixels))
-    in_memory = Dataset(scale(pixels["train_x"]), pixels["train_y"], scale(pixels["test_x"]),
-                        pixels["test_y"])
+    in_memory = Dataset(scale(pixels["train_x"]), pixels["train_y"],
+                        test_x=scale(pixels["test_x"]), test_y=pixels["test_y"])
     expected = run_probe(paper_d, in_memory, sizes=[8, 20], seed=0, batch_size=4)
     # 27 labelled test images in blocks of 8: four blocks, the last one partial.
     monkeypatch.setattr(batches, "READ_ROWS", 8)

@@ -57,10 +57,11 @@ def test_summary_names_the_delivered_epoch() -> None:
     assert Selection(False, 0).summary("raw", 5)["frechet_distance"] is None  # no scores
 
 
-# Seed 0 at this rate: the best score comes at epoch 4 of 5; seed 1: epoch 3 is no better
-# (plain training: TINY's augmentation and LeCam off).
-KEEP = {**TINY, "train": {**TINY["train"], "epochs": 5, "eval_every": 1, "seed": 0,
-                          "lr": 0.01, "augment": "", "lecam": 0.0}}
+# Seed 2 at this rate: the best score comes at epoch 4 of 5; seed 4: epoch 4 is no better
+# (plain training: TINY's augmentation and LeCam off; float32 whatever the CPU, as bfloat16
+# draws another trajectory).
+KEEP = {**TINY, "train": {**TINY["train"], "epochs": 5, "eval_every": 1, "seed": 2,
+                          "lr": 0.01, "augment": "", "lecam": 0.0, "precision": "float32"}}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def _score(root: Path, generator_file: Path) -> float:
     data = imagestore.open_dataset(root / "processed" / "dataset")
     features = feature_extractor(keras.saving.load_model(root / "models" / "classifier.keras"))
     cfg = parse_params(KEEP).train
-    fd = FixedSampleFD(features, data.test_x, cfg.latent_dim, cfg.seed)
+    fd = FixedSampleFD(features, data.val_x, cfg.latent_dim, cfg.seed)
     return fd(keras.saving.load_model(generator_file))
 
 
@@ -90,7 +91,9 @@ def test_keep_best_delivers_the_argmin_epoch(kept) -> None:
     assert selection["kept"] == "best" and selection["generator"] == "ema"
     assert selection["epoch"] == best and selection["last_epoch"] == 5
     assert selection["frechet_distance"] == quality["frechet_distance"].min()
-    assert selection["protocol"]["n"] == 16 and selection["protocol"]["reference"] == "test"
+    # 1,000 samples against the validation images (16 here), never the test ones.
+    assert selection["protocol"]["n"] == 1000
+    assert selection["protocol"]["reference"] == "validation"
     # The delivered file is that epoch's generator (its score, recomputed), not the last.
     assert file_md5(out.generator) != file_md5(out.generator_last)
     assert _score(root, out.generator) == pytest.approx(selection["frechet_distance"], rel=1e-4)
@@ -111,7 +114,7 @@ def test_mlflow_run_says_which_epoch_was_kept(kept) -> None:
 
 @pytest.mark.slow
 def test_early_stop_after_patience_evaluations_without_improvement(tmp_path: Path) -> None:
-    params = {**KEEP, "train": {**KEEP["train"], "seed": 1, "early_stop_patience": 1}}
+    params = {**KEEP, "train": {**KEEP["train"], "seed": 4, "early_stop_patience": 1}}
     out, error = _train_in(tmp_path, params=params)
     assert error is None
     scores = pd.read_csv(out.quality)["frechet_distance"].tolist()

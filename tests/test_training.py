@@ -7,6 +7,7 @@ Run with `pytest tests/test_training.py -q`. The end-to-end run (64 images of 16
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -52,8 +53,9 @@ TINY = {
 METRICS = {"d_loss", "g_loss", "d_real", "d_fake"}  # per epoch, in history.csv and MLflow
 
 
-def processed_npz(root: Path, n: int = 80) -> Path:
-    """Run the real preprocess on n random 16x16 grey images; 80% (64) go to train.
+def processed_npz(root: Path, n: int = 100) -> Path:
+    """Run the real preprocess on n random 16x16 grey images: 20% (20) go to test, 16 to
+    validation and the rest (64) to train.
 
     The same n gives the same file, byte for byte; an existing one is reused."""
     out = root / "processed" / "dataset"
@@ -64,8 +66,8 @@ def processed_npz(root: Path, n: int = 80) -> Path:
     raw.mkdir(parents=True)
     np.savez(raw / "images.npz", x=rng.integers(0, 256, (n, 16, 16, 1), dtype=np.uint8),
              y=rng.integers(0, 10, n).astype(np.int64))
-    preprocessing.preprocess(PreprocessConfig(image_size=16, test_fraction=0.2), raw, out,
-                             root / "processed" / "stats.json")
+    preprocessing.preprocess(PreprocessConfig(image_size=16, test_fraction=0.2, val_size=16),
+                             raw, out, root / "processed" / "stats.json")
     return out
 
 
@@ -281,11 +283,11 @@ def test_quality_point_matches_an_independent_computation(trained) -> None:
     from dcgan.evaluation.classifier import feature_extractor
     from dcgan.training.selection import QUALITY_SAMPLES
 
-    test_x = imagestore.open_dataset(trained.data_file).test_x
+    val_x = imagestore.open_dataset(trained.data_file).val_x  # validation, not test, images
     rng = np.random.default_rng([trained.params.train.seed, 1])
-    n = min(QUALITY_SAMPLES, len(test_x))
-    real = test_x[np.sort(rng.choice(len(test_x), size=n, replace=False))]
-    noise = rng.standard_normal((n, 8)).astype(np.float32)
+    real = val_x[np.sort(rng.choice(len(val_x), size=min(QUALITY_SAMPLES, len(val_x)),
+                                    replace=False))]
+    noise = rng.standard_normal((QUALITY_SAMPLES, 8)).astype(np.float32)
     features = feature_extractor(keras.saving.load_model(trained.root / "models" /
                                                          "classifier.keras"))
     fake = keras.saving.load_model(trained.out.generator_last).predict(noise, verbose=0)
@@ -413,6 +415,29 @@ def test_train_is_reproducible(trained, tmp_path: Path) -> None:
                 file_md5(getattr(out, name))), name
     assert ([p.read_bytes() for p in sorted(trained.out.grids.iterdir())] ==
             [p.read_bytes() for p in sorted(out.grids.iterdir())])
+
+
+@pytest.mark.slow
+def test_training_never_reads_the_test_images(trained, tmp_path: Path) -> None:
+    """Other test images, the same training and validation ones: every training output is
+    the same, byte for byte (the scores that choose the kept epoch are on validation)."""
+    def other_test_images(out: TrainOutputs) -> None:
+        data = tmp_path / "processed" / "dataset"
+        pixels = imagestore.ImageArray(data / "test_x.npy").pixels(slice(None))
+        writer = imagestore.NpyWriter(data / "test_x.npy", pixels.shape[1:])
+        writer.append(255 - pixels)
+        writer.close()
+        np.save(data / "test_y.npy", np.full(len(pixels), -1, np.int64))
+
+    out, error = _train_in(tmp_path, other_test_images)
+    assert error is None
+    assert (imagestore.dataset_md5(tmp_path / "processed" / "dataset")
+            != imagestore.dataset_md5(trained.data_file))
+    for name in ("generator", "generator_last", "discriminator", "history", "quality"):
+        assert file_md5(getattr(trained.out, name)) == file_md5(getattr(out, name)), name
+    selection = json.loads(out.selection.read_text())
+    assert selection == json.loads(trained.out.selection.read_text())
+    assert selection["protocol"]["reference"] == "validation"
 
 
 @pytest.fixture(scope="module")

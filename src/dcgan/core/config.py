@@ -50,7 +50,12 @@ class PreprocessConfig(Section):
         None, description="convert to 1 (grey) or 3 (RGB) channels; null keeps the dataset's"
     )
     test_fraction: float = Field(0.2, gt=0, lt=1, description="share of images held out as test")
-    seed: int = Field(0, ge=0, description="seed of the train/test split")
+    val_size: int = Field(
+        500, ge=0, le=1_000_000,
+        description="training images set aside to score epochs during training (keep-best, "
+                    "early stopping); 0 = none",
+    )
+    seed: int = Field(0, ge=0, description="seed of the train/validation/test split")
     skip_unreadable: bool = Field(
         False, description="leave out images that cannot be decoded (with a warning)"
     )
@@ -112,6 +117,16 @@ class Params(Section):
             raise ValueError(
                 f"preprocess.image_size = {size} cannot be produced by train.arch '{arch}': "
                 f"it must be {ARCHITECTURES[arch].sizes}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _scores_need_validation(self) -> Params:
+        if self.train.eval_every and not self.preprocess.val_size:
+            raise ValueError(
+                f"train.eval_every = {self.train.eval_every} scores epochs on validation "
+                "images, but preprocess.val_size = 0 sets none aside; set "
+                "preprocess.val_size (e.g. 500) or train.eval_every: 0"
             )
         return self
 

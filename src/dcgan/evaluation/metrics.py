@@ -217,9 +217,9 @@ def mode_coverage(
     return covered, float(rel_entr(s, np.maximum(r, _MIN_SHARE)).sum())
 
 
-def protocol(classifier_path: Path, n: int, seed: int) -> dict:
+def protocol(classifier_path: Path, n: int, seed: int, reference: str = "test") -> dict:
     """What a metric set was measured against (the classifier file, N, the reference split,
     the seed): scores compare only under one. The evaluate stage stamps metrics.json with
-    it, train its in-training scores (selection.json)."""
-    return {"classifier_md5": file_md5(classifier_path), "n": n, "reference": "test",
+    it (reference "test"), train its in-training scores (selection.json: "validation")."""
+    return {"classifier_md5": file_md5(classifier_path), "n": n, "reference": reference,
             "seed": seed}

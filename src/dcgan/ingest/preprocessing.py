@@ -3,8 +3,8 @@
 The `preprocess` stage script (run by `dvc repro`) calls `preprocess()`. It reads fetch's
 output (ingest.fetch: an images.npz, or the manifest of a folder or archive, decoded by
 ingest.decoding) and writes the
-processed dataset (processed.imagestore: train_x.npy, test_x.npy uint8 in split order, and
-their labels) a block of images at a time, so its memory does not grow with the number of
+processed dataset (processed.imagestore: train_x.npy, val_x.npy, test_x.npy uint8 in split
+order, and their labels) a block of images at a time, so its memory does not grow with the number of
 images. Folder and archive images are decoded by a pool of processes, one per core.
 """
 
@@ -21,7 +21,7 @@ from dcgan.core.config import PreprocessConfig
 from dcgan.core.errors import UserError
 from dcgan.core.outputs import write_json
 from dcgan.ingest.decoding import BLOCK, ArraySource, FolderSource, convert_channels, open_raw
-from dcgan.processed.imagestore import ImageArray, NpyWriter, scale
+from dcgan.processed.imagestore import SPLITS, ImageArray, NpyWriter, scale
 from dcgan.runtime.progress import ProgressBar
 
 log = logging.getLogger(__name__)
@@ -75,14 +75,20 @@ def _bad_files(bad: list[str], total: int, where: str) -> str:
 
 
 def _split(n: int, cfg: PreprocessConfig) -> dict[str, np.ndarray]:
-    """Positions of the test and train images, a seeded permutation of range(n)."""
+    """Positions of the train, validation and test images in a seeded permutation of
+    range(n): its first images are the test split, the next `val_size` the validation one."""
     n_test = round(n * cfg.test_fraction)
     if not 1 <= n_test <= n - 1:
         raise UserError(f"preprocess.test_fraction = {cfg.test_fraction} splits {n} images "
                         f"into {n - n_test} train / {n_test} test; each side needs at least 1 "
                         "image, so change test_fraction or add images")
+    if n - n_test - cfg.val_size < 1:
+        raise UserError(f"preprocess.val_size = {cfg.val_size} leaves no training image of the "
+                        f"{n - n_test} that the test split leaves; lower preprocess.val_size "
+                        "or add images")
     order = np.random.default_rng(cfg.seed).permutation(n)
-    return {"train": order[n_test:], "test": order[:n_test]}
+    end = n_test + cfg.val_size
+    return {"train": order[end:], "val": order[n_test:end], "test": order[:n_test]}
 
 
 def _write_split(source: ArraySource | FolderSource, order: np.ndarray, tmp: Path,
@@ -104,9 +110,15 @@ def _write_split(source: ArraySource | FolderSource, order: np.ndarray, tmp: Pat
     return writer.close()
 
 
+def _write_empty(tmp: Path, split: str, image_shape: tuple[int, int, int]) -> int:
+    """A split of no images: a (0, S, S, C) image file and an empty label file."""
+    np.save(tmp / f"{split}_y.npy", np.empty(0, np.int64))
+    return NpyWriter(tmp / f"{split}_x.npy", image_shape).close()
+
+
 def _keep_first_channel(tmp: Path) -> None:
     """Rewrite each RGB image file as its first channel (a folder of grey images)."""
-    for split in ("train", "test"):
+    for split in SPLITS:
         path = tmp / f"{split}_x.npy"
         rgb = ImageArray(path)
         writer = NpyWriter(tmp / f"{split}_x.grey", (*rgb.image_shape[:2], 1))
@@ -119,13 +131,15 @@ def _keep_first_channel(tmp: Path) -> None:
 
 def preprocess(cfg: PreprocessConfig, raw_dir: Path, out_dir: Path, stats_file: Path,
                workers: int | None = None) -> dict:
-    """Decode, resize and split the raw data into uint8 arrays (processed.imagestore's).
+    """Decode, resize and split the raw data into uint8 arrays (processed.imagestore's):
+    `cfg.test_fraction` of the images for the evaluate stage, `cfg.val_size` for train's
+    in-training scores, and the rest to train on.
 
     Images stream through: memory depends on a block of images, not on their number.
     Their progress goes to stderr (dcgan.runtime.progress).
     Folder images are center-cropped to square, decoded by a pool of `workers` processes.
     Without `cfg.channels` a folder becomes RGB if any image has a coloured pixel, else
-    grey (`_channels`). Stats (min, max, per-channel mean, in [-1, 1]) cover both splits.
+    grey (`_channels`). Stats (min, max, per-channel mean, in [-1, 1]) cover every split.
 
     Args:
         cfg, raw_dir: the `preprocess` params, and fetch's out_dir.
@@ -138,7 +152,8 @@ def preprocess(cfg: PreprocessConfig, raw_dir: Path, out_dir: Path, stats_file: 
 
     Raises:
         UserError: raw data missing or unreadable; unreadable images (all named in one
-            line, unless cfg.skip_unreadable); or a split with an empty side.
+            line, unless cfg.skip_unreadable); or a split with an empty side, or no
+            training image left beside the validation ones.
     """
     source = open_raw(Path(raw_dir), cfg.image_size, workers)
     n = len(source.y)
@@ -152,8 +167,12 @@ def preprocess(cfg: PreprocessConfig, raw_dir: Path, out_dir: Path, stats_file: 
         # The long loop: decoding (a pool of processes for a folder) and writing, in blocks.
         with ProgressBar("preprocess: decoding", total=n) as bar:
             counts = {split: _write_split(source, order, tmp, split, cfg, stats, bad, bar)
-                      for split, order in splits.items()}
+                      for split, order in splits.items() if len(order)}
             _check_readable(bad, counts, n, source.where, cfg.skip_unreadable)
+        shape = ImageArray(tmp / "train_x.npy").image_shape
+        counts = {split: counts[split] if split in counts
+                  else _write_empty(tmp, split, shape)  # val_size 0: no validation images
+                  for split in splits}
         channels = _channels(source, cfg, stats, tmp)
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(tmp, out_dir)

@@ -6,8 +6,10 @@ read a batch at a time.
 the dataset (a 200,000-image 64 px set is 2.46 GB on disk and never in RAM).
 
 Layout (a directory, one DVC out):
-    train_x.npy, test_x.npy   uint8 (N, S, S, C), in split order
-    train_y.npy, test_y.npy   int64 (N,), -1 when the dataset has no labels
+    train_x.npy, val_x.npy, test_x.npy   uint8 (N, S, S, C), in split order
+    train_y.npy, val_y.npy, test_y.npy   int64 (N,), -1 when the dataset has no labels
+The GAN trains on train, scores its epochs on val (validation) and is scored by the evaluate
+stage on test; train opens no test file.
 Images are stored as bytes (1 byte a channel, 4x smaller than float32) and scaled to
 [-1, 1] on reading by `scale`, with the same float32 operations preprocess used to apply
 once, so the values are bitwise those of the old float32 arrays.
@@ -30,8 +32,8 @@ import numpy as np
 
 from dcgan.core.errors import UserError
 
-SPLITS = ("train", "test")
-FILES = ("test_x.npy", "test_y.npy", "train_x.npy", "train_y.npy")  # sorted, as DVC lists
+SPLITS = ("train", "val", "test")
+FILES = tuple(sorted(f"{split}_{part}.npy" for split in SPLITS for part in "xy"))  # as DVC lists
 # A fixed header size: written before the row count is known, patched to it at the end.
 HEADER_BYTES = 128
 _MAGIC = b"\x93NUMPY\x01\x00"
@@ -169,18 +171,21 @@ def _read_header(path: Path) -> tuple[tuple[int, ...], int]:
 
 @dataclass(frozen=True)
 class Dataset:
-    """The processed split: images read by row (float32 in [-1, 1] when indexed), labels
-    int64 in memory (-1: none)."""
+    """The processed splits: images read by row (float32 in [-1, 1] when indexed), labels
+    int64 in memory (-1: none). A split that was not opened is None."""
 
     train_x: ImageArray
     train_y: np.ndarray
-    test_x: ImageArray
-    test_y: np.ndarray
+    val_x: ImageArray | None = None
+    val_y: np.ndarray | None = None
+    test_x: ImageArray | None = None
+    test_y: np.ndarray | None = None
 
     @property
     def labelled(self) -> bool:
         """False when every label is -1 (a folder of images without class folders)."""
-        return bool((self.train_y >= 0).any() or (self.test_y >= 0).any())
+        return any(bool((y >= 0).any()) for y in (self.train_y, self.val_y, self.test_y)
+                   if y is not None)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -200,22 +205,25 @@ def _labels(path: Path, count: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def open_dataset(path: Path) -> Dataset:
-    """Open preprocess's output directory (layout in the module docstring).
+def open_dataset(path: Path, splits: tuple[str, ...] = SPLITS) -> Dataset:
+    """Open preprocess's output directory (layout in the module docstring): the `splits`
+    named (train always), the others left None and their files unread.
 
     Raises:
         UserError: the directory or one of its files is missing, truncated or not what
-            preprocess writes; or train and test images differ in shape.
+            preprocess writes; or the splits' images differ in shape.
     """
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path}: not found; run the preprocess stage first")
-    train_x, test_x = ImageArray(path / "train_x.npy"), ImageArray(path / "test_x.npy")
-    if train_x.image_shape != test_x.image_shape:
-        raise UserError(f"{path}: train images {train_x.image_shape} and test images "
-                        f"{test_x.image_shape} differ in shape; rerun preprocess")
-    return Dataset(train_x, _labels(path / "train_y.npy", len(train_x)),
-                   test_x, _labels(path / "test_y.npy", len(test_x)))
+    arrays = {}
+    for split in dict.fromkeys(("train", *splits)):
+        x = ImageArray(path / f"{split}_x.npy")
+        if x.image_shape != (shape := arrays.get("train_x", x).image_shape):
+            raise UserError(f"{path}: train images {shape} and {split} images "
+                            f"{x.image_shape} differ in shape; rerun preprocess")
+        arrays[f"{split}_x"], arrays[f"{split}_y"] = x, _labels(path / f"{split}_y.npy", len(x))
+    return Dataset(**arrays)
 
 
 def dataset_md5(path: Path) -> str:

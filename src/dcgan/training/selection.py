@@ -32,27 +32,28 @@ from dcgan.processed.imagestore import ImageArray
 BEST = "best_generator.keras"  # in the checkpoint directory
 STOPPED = "stopped.json"
 
-# Images in the quality-over-training Fréchet distance: the evaluate stage's default N,
-# so the last point compares with the evaluate stage's number (FD depends on N).
+# Generated images in the quality-over-training Fréchet distance (and real validation images,
+# at most): the evaluate stage's default N.
 QUALITY_SAMPLES = 1000
 
 
 class FixedSampleFD:
-    """The Fréchet distance between a generator's samples from one fixed noise batch and
-    real test images, in the evaluation classifier's features.
+    """The Fréchet distance between QUALITY_SAMPLES images a generator makes from one fixed
+    noise batch and real validation images, in the evaluation classifier's features.
 
-    Of `real_test` (the dataset's `ImageArray`, or float32 images), only the
-    QUALITY_SAMPLES rows picked are read, once.
+    Of `real` (the dataset's validation `ImageArray`, or float32 images), at most
+    QUALITY_SAMPLES rows, picked once, are read, once. Its scores choose the epoch train
+    delivers, so they never use the test images that the evaluate stage scores it on.
     """
 
-    def __init__(self, features: keras.Model, real_test: ImageArray | np.ndarray,
+    def __init__(self, features: keras.Model, real: ImageArray | np.ndarray,
                  latent_dim: int, seed: int, batch_size: int = 256):
         self.features, self.batch_size = features, batch_size
         rng = np.random.default_rng([seed, 1])  # a stream apart from the grid's noise
-        self.n = n = min(QUALITY_SAMPLES, len(real_test))
-        real = real_test[np.sort(rng.choice(len(real_test), size=n, replace=False))]
-        self.real_stats = gaussian_stats(self._forward(self.features, real))
-        self.noise = rng.standard_normal((n, latent_dim)).astype(np.float32)
+        self.n = QUALITY_SAMPLES
+        picked = np.sort(rng.choice(len(real), size=min(self.n, len(real)), replace=False))
+        self.real_stats = gaussian_stats(self._forward(self.features, real[picked]))
+        self.noise = rng.standard_normal((self.n, latent_dim)).astype(np.float32)
 
     def _forward(self, model: keras.Model, x: np.ndarray) -> np.ndarray:
         # Direct calls, not predict(): inside fit(), predict's tf.data graph makes TF log a

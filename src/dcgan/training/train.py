@@ -111,7 +111,7 @@ def _prepare(params: Params, data_file: Path, out: TrainOutputs) -> Setup:
     role = make_strategy(cfg.distribution)  # before any TF work (multi-worker needs it)
     if role.chief:
         check_store()  # an unreachable tracking server fails now, not after training
-    data = open_dataset(data_file)
+    data = open_dataset(data_file, splits=("train", "val"))  # never the test images
     data_md5 = dataset_md5(data_file)
     _replica_batch(cfg.batch_size, role)
     if cfg.early_stop_patience and role.kind == "multi_worker":
@@ -145,15 +145,15 @@ def _record(setup: Setup, classifier_path: Path, progress: StagedOutputs,
             csv.writer(f).writerow(QUALITY_COLUMNS)
         return record
     classifier = load_model(classifier_path, remedy="run `dvc repro classifier` first")
-    test_x = setup.data.test_x
-    if tuple(classifier.input_shape[1:]) != test_x.shape[1:]:
+    val_x = setup.data.val_x
+    if tuple(classifier.input_shape[1:]) != val_x.shape[1:]:
         raise UserError(
             f"{classifier_path} expects images of shape {tuple(classifier.input_shape[1:])}, "
-            f"the data has {test_x.shape[1:]}; rerun the classifier stage"
+            f"the data has {val_x.shape[1:]}; rerun the classifier stage"
         )
-    record.quality = FixedSampleFD(feature_extractor(classifier), test_x, cfg.latent_dim,
+    record.quality = FixedSampleFD(feature_extractor(classifier), val_x, cfg.latent_dim,
                                    cfg.seed)
-    record.protocol = protocol(classifier_path, record.quality.n, cfg.seed)
+    record.protocol = protocol(classifier_path, record.quality.n, cfg.seed, "validation")
     return record
 
 
