@@ -50,6 +50,18 @@ def child_env(**extra: str) -> dict[str, str]:
     return {**os.environ, **extra, "PYTHONPATH": path}
 
 
+def _isa() -> str | None:
+    """The widest of the vector extensions that decide TensorFlow's CPU kernels (bfloat16
+    native or not, AVX-512 or AVX2), from /proc/cpuinfo's flags."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next(line for line in f if line.startswith("flags")).split(":")[1].split())
+    except (OSError, StopIteration):
+        return None
+    return next((isa for isa in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if isa in flags),
+                "older")
+
+
 def machine() -> dict:
     """Where and with what a figure was taken."""
     cpu = platform.machine()
@@ -61,7 +73,9 @@ def machine() -> dict:
         pass
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or None
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+    return {"cpu": cpu, "cpu_isa": _isa(), "cores": os.cpu_count(),
+            "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1"),  # dcgan's default
+            "python": platform.python_version(),
             "tensorflow": version("tensorflow"), "keras": version("keras"),
             "git_commit": commit, "date": datetime.now(UTC).isoformat(timespec="seconds")}
 
