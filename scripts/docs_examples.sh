@@ -27,7 +27,7 @@ example() {
 example sample-numbered dcgan sample models/generator.keras --n 64 --seed 0 --numbered \
   --out docs/sample_grid.png
 example sample-arithmetic dcgan sample models/generator.keras --n 64 --seed 0 \
-  --arithmetic "'0,24,52 - 10,37,43 + 21'" --out docs/arithmetic.png
+  --arithmetic "'15,32 - 29,45 + 62'" --out docs/arithmetic.png
 example sample-bad-alias dcgan sample models:/dcgan-generator@best-cifar10
 example export-discriminator dcgan export models/discriminator.keras --format onnx
 # Comparing runs (README, docs/experiments.md).

@@ -11,4 +11,4 @@ python scripts/quality_plot.py docs/quality.png
 # on cells of that grid (bold zeros - thin zeros + a thin seven, for the default generator).
 dcgan sample models/generator.keras --n 64 --seed 0 --numbered --out docs/sample_grid.png
 dcgan sample models/generator.keras --n 64 --seed 0 \
-  --arithmetic "0,24,52 - 10,37,43 + 21" --out docs/arithmetic.png
+  --arithmetic "15,32 - 29,45 + 62" --out docs/arithmetic.png

@@ -282,8 +282,11 @@ def _results_table(root: Path) -> str:
          "([performance](docs/performance.md))", f"{peer['ours_over_pytorch']:.2f}x"),
     ]
     out = ["| | |", "|---|---|", *(f"| {what} | {figure} |" for what, figure in rows)]
-    out.append(f"\n*Measured on {pipeline['cpu']}, {pipeline['cores']} cores, no GPU; "
-               f"`precision: auto`.*")
+    isa = pipeline.get("cpu_isa")
+    auto = "mixed_bfloat16" if isa in ("amx_bf16", "avx512_bf16") else "float32"
+    where = f"{pipeline['cpu']} ({isa.upper()})" if isa else pipeline["cpu"]
+    out.append(f"\n*Measured on {where}, {pipeline['cores']} cores, no GPU; `precision: auto`, "
+               f"which is {auto} there.*")
     return "\n".join(out)
 
 
