@@ -112,10 +112,12 @@ def _workspace(repo: Path, work: Path, folder: Path, n: int, size: int) -> None:
             raise UserError(f"bench data: {' '.join(cmd[-3:])} failed: {proc.stderr[-300:]}")
     shutil.copy2(repo / ".dvc/config", work / ".dvc/config")  # the project's cache type
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    n_train = (n - round(n * params["preprocess"]["test_fraction"])
-               - params["preprocess"]["val_size"])
+    # The default validation split, or a tenth of a small folder's images.
+    val_size = min(params["preprocess"]["val_size"], max(1, n // 10))
+    n_train = n - round(n * params["preprocess"]["test_fraction"]) - val_size
     for key, value in {"fetch.dataset": "folder", "fetch.folder": str(folder.resolve()),
-                       "preprocess.image_size": size, "train.epochs": 1,
+                       "preprocess.image_size": size, "preprocess.val_size": val_size,
+                       "train.epochs": 1,
                        "classifier.epochs": 1, "train.eval_every": 1,
                        "train.batch_size": min(params["train"]["batch_size"], n_train)}.items():
         section, name = key.split(".")

@@ -377,6 +377,7 @@ DATA_CASES = [
     param("preprocess-folder-corrupt-png", "preprocess", "1 of 3 images in ",
          "photos cannot be read",
          "bad.png: not a readable image", "fix or delete", "preprocess.skip_unreadable",
+         params={"preprocess": {"val_size": 1}},  # of 3 images
          setup=folder("good1.png", "good2.png", "bad.png", fetched=True), real_process=True),
     param("fetch-checksum-mismatch", "fetch", "mnist.npz from http://127.0.0.1:",
          "does not match sha256", "removed", "fetch.mirror", setup=checksum_mismatch),

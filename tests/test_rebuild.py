@@ -48,6 +48,18 @@ def test_commands_quote_what_the_shell_would_split() -> None:
     assert "-S 'fetch.folder=/my images/a'" in text
 
 
+def test_commands_keep_each_value_one_param_for_dvc() -> None:
+    """A comma is DVC's sweep syntax: such a value is quoted for Hydra's grammar, as an
+    empty one is; logged bools are written as YAML's."""
+    params = {"train.augment": "translation,cutout", "train.keep_best": "True",
+              "preprocess.skip_unreadable": "False", "fetch.mirror": ""}
+    text = "\n".join(rebuild.commands("f" * 32, "x", params, TAGS, Path(".")))
+    exp = shlex.split(text.split("dvc exp run", 1)[1].split("\ngrep ")[0].replace("\\\n", " "))
+    assert exp[2:] == ["-S", "fetch.mirror=''", "-S", "preprocess.skip_unreadable=false",
+                       "-S", "train.augment='translation,cutout'", "-S", "train.keep_best=true"]
+    assert "-S \"train.augment='translation,cutout'\"" in text
+
+
 def test_a_run_without_a_commit_cannot_be_rebuilt() -> None:
     with pytest.raises(UserError, match="run ffff.* has no git_commit tag"):
         rebuild.commands("f" * 32, "x", PARAMS, {}, Path("."))

@@ -110,6 +110,20 @@ def _write_split(source: ArraySource | FolderSource, order: np.ndarray, tmp: Pat
     return writer.close()
 
 
+def _write_splits(source: ArraySource | FolderSource, splits: dict[str, np.ndarray], tmp: Path,
+                  cfg: PreprocessConfig, stats: _Stats, bad: list[str]) -> dict[str, int]:
+    """Decode and write every split (`_write_split`) with one progress bar, check what was
+    unreadable, and write an empty validation split for `val_size` 0; returns the counts."""
+    # The long loop: decoding (a pool of processes for a folder) and writing, in blocks.
+    with ProgressBar("preprocess: decoding", total=len(source.y)) as bar:
+        counts = {split: _write_split(source, order, tmp, split, cfg, stats, bad, bar)
+                  for split, order in splits.items() if len(order)}
+        _check_readable(bad, counts, len(source.y), source.where, cfg.skip_unreadable)
+    shape = ImageArray(tmp / "train_x.npy").image_shape
+    return {split: counts[split] if split in counts else _write_empty(tmp, split, shape)
+            for split in splits}
+
+
 def _write_empty(tmp: Path, split: str, image_shape: tuple[int, int, int]) -> int:
     """A split of no images: a (0, S, S, C) image file and an empty label file."""
     np.save(tmp / f"{split}_y.npy", np.empty(0, np.int64))
@@ -164,15 +178,7 @@ def preprocess(cfg: PreprocessConfig, raw_dir: Path, out_dir: Path, stats_file: 
     tmp.mkdir(parents=True)
     try:
         stats, bad = _Stats(), []
-        # The long loop: decoding (a pool of processes for a folder) and writing, in blocks.
-        with ProgressBar("preprocess: decoding", total=n) as bar:
-            counts = {split: _write_split(source, order, tmp, split, cfg, stats, bad, bar)
-                      for split, order in splits.items() if len(order)}
-            _check_readable(bad, counts, n, source.where, cfg.skip_unreadable)
-        shape = ImageArray(tmp / "train_x.npy").image_shape
-        counts = {split: counts[split] if split in counts
-                  else _write_empty(tmp, split, shape)  # val_size 0: no validation images
-                  for split in splits}
+        counts = _write_splits(source, splits, tmp, cfg, stats, bad)
         channels = _channels(source, cfg, stats, tmp)
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(tmp, out_dir)

@@ -35,7 +35,7 @@ def commands(run_id: str, name: str, params: dict[str, str], tags: dict[str, str
                         "not logged by the train stage, so it cannot be rebuilt")
     commit, short = tags["git_commit"], run_id[:8]
     target = f"../dcgan-rebuild-{short}"
-    flags = "".join(f" \\\n    -S {shlex.quote(f'{key}={value}')}"
+    flags = "".join(f" \\\n    -S {_set_param(key, value)}"
                     for key, value in sorted(params.items()))
     lines = [
         f"# rebuild run {short} ({name}): commit {commit[:7]}, "
@@ -51,3 +51,18 @@ def commands(run_id: str, name: str, params: dict[str, str], tags: dict[str, str
     if tags.get("generator_md5"):
         lines.append(f"md5sum models/generator.keras       # expect {tags['generator_md5']}")
     return lines
+
+
+def _set_param(key: str, value: str) -> str:
+    """`key=value` as one shell word for `dvc exp run -S`, which parses the value by Hydra's
+    override grammar: a string with a comma, a sweep there, is quoted
+    (`train.augment='translation,cutout'`), and so is an empty one, to be seen; a logged
+    bool (`True`) is written as YAML's (`true`)."""
+    if value in ("True", "False"):
+        value = value.lower()
+    elif value == "" or "," in value:
+        value = "'" + value.replace("'", "\\'") + "'"
+    word = f"{key}={value}"
+    if shlex.quote(word) != word and not set(word) & set('"$`\\!') and " " not in word:
+        return f'"{word}"'  # only the value's quotes need protecting from the shell
+    return shlex.quote(word)
