@@ -24,6 +24,7 @@ stage, and importing TensorFlow costs seconds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,15 +40,32 @@ _DRAWS = ("brightness", "saturation", "contrast", "shift_rows", "shift_cols",
 
 @dataclass(frozen=True)
 class Augmentation:
-    """One named augmentation of a DiffAugment policy."""
+    """One named augmentation of a DiffAugment policy: what it does, and the function that
+    applies it to a batch, given the batch's draws (`_draw`)."""
 
     description: str
+    apply: Callable[[tf.Tensor, dict[str, tf.Tensor]], tf.Tensor]
+
+
+def _color(x: tf.Tensor, draws: dict[str, tf.Tensor]) -> tf.Tensor:
+    x = brightness(x, draws["brightness"])
+    x = saturation(x, draws["saturation"])
+    return contrast(x, draws["contrast"])
+
+
+def _translation(x: tf.Tensor, draws: dict[str, tf.Tensor]) -> tf.Tensor:
+    return translate(x, draws["shift_rows"], draws["shift_cols"])
+
+
+def _cutout(x: tf.Tensor, draws: dict[str, tf.Tensor]) -> tf.Tensor:
+    return cutout(x, draws["centre_rows"], draws["centre_cols"], _cutout_size(x.shape))
 
 
 AUGMENTATIONS = {
-    "color": Augmentation("brightness, saturation and contrast, each scaled at random"),
-    "translation": Augmentation("a random shift of up to 1/8 of the side, zero fill"),
-    "cutout": Augmentation("a random square of half the side set to zero"),
+    "color": Augmentation("brightness, saturation and contrast, each scaled at random", _color),
+    "translation": Augmentation("a random shift of up to 1/8 of the side, zero fill",
+                                _translation),
+    "cutout": Augmentation("a random square of half the side set to zero", _cutout),
 }
 
 
@@ -133,14 +151,7 @@ def step_key(seed: int, step: tf.Tensor, call: int) -> tf.Tensor:
 
 def _apply(x: tf.Tensor, names: tuple[str, ...], draws: dict[str, tf.Tensor]) -> tf.Tensor:
     for name in names:
-        if name == "color":
-            x = brightness(x, draws["brightness"])
-            x = saturation(x, draws["saturation"])
-            x = contrast(x, draws["contrast"])
-        elif name == "translation":
-            x = translate(x, draws["shift_rows"], draws["shift_cols"])
-        elif name == "cutout":
-            x = cutout(x, draws["centre_rows"], draws["centre_cols"], _cutout_size(x.shape))
+        x = AUGMENTATIONS[name].apply(x, draws)
     return x
 
 
